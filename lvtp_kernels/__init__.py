@@ -1,0 +1,19 @@
+"""lvtp-kernels: LVTP token pruning for plain Vision Transformers doing semantic segmentation.
+
+Importing the package registers ``torch.ops.lvtp.*`` (see ``registry``) and exposes the
+one-call model patch::
+
+    import lvtp_kernels
+    lvtp_kernels.patch(model, flops_reduction=0.3)   # or schedule=[(3, 0.7), (6, 0.7), (9, 0.7)]
+    logits = model(images)
+    lvtp_kernels.unpatch(model)
+"""
+
+__version__ = "0.1.0"
+
+from . import registry  # noqa: F401  (defines torch.ops.lvtp.*)
+from . import flops  # noqa: F401  (flop formulas for FlopCounterMode)
+from .flops import schedule_for_flops  # noqa: E402
+from .models.patch import patch, unpatch  # noqa: E402
+
+__all__ = ["patch", "unpatch", "schedule_for_flops", "registry", "flops", "__version__"]

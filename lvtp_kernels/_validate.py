@@ -1,0 +1,264 @@
+"""The one input validator of every ``torch.ops.lvtp`` op (spec: "The op contract").
+
+Each ``check_<op>`` takes the op's arguments in schema order plus ``values``: with
+``values=False`` only what a fake (meta) tensor can show is checked (ranks, shapes,
+dtypes, devices, scalars, requires_grad), so the same function serves the fake kernels
+under ``torch.compile``; with ``values=True`` the data is checked too (NaN/Inf,
+attention rows that are not probability distributions, index ranges and duplicates).
+
+Every error is a ``ValueError`` whose message starts with ``lvtp.<op>:`` and names the
+argument and the offending value.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional, Sequence
+
+import torch
+from torch import Tensor
+
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+INDEX_DTYPES = (torch.int32, torch.int64)
+ENTROPY_MODES = ("low", "high")
+# |row sum - 1| allowed for attention probabilities, by dtype (rounding of a softmax
+# stored in that dtype stays far below these).
+ROW_SUM_TOL = {torch.float64: 1e-3, torch.float32: 1e-3, torch.float16: 1e-2, torch.bfloat16: 2e-2}
+
+
+def _fail(op: str, msg: str) -> None:
+    raise ValueError(f"lvtp.{op}: {msg}")
+
+
+def _shape(t: Tensor) -> tuple:
+    return tuple(t.shape)
+
+
+def tensor(op: str, name: str, t, ndim: int, layout: str, dtypes=FLOAT_DTYPES) -> Tensor:
+    """A tensor of rank ``ndim`` and an allowed dtype that does not require grad."""
+    if not isinstance(t, Tensor):
+        _fail(op, f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dim() != ndim:
+        _fail(op, f"{name} must be a {ndim}-D tensor {layout}, got shape {_shape(t)}")
+    if t.dtype not in dtypes:
+        kinds = "floating" if dtypes is FLOAT_DTYPES else "integer"
+        allowed = ", ".join(str(d).replace("torch.", "") for d in dtypes)
+        _fail(op, f"{name} must be a {kinds} tensor ({allowed}), got dtype {t.dtype}")
+    if t.shape[0] == 0:
+        _fail(op, f"{name} has an empty batch (shape {_shape(t)}); B must be >= 1")
+    if t.requires_grad:
+        _fail(op, f"{name} requires grad; lvtp ops are inference only (use torch.no_grad() or .detach())")
+    return t
+
+
+def same_device(op: str, **tensors: Optional[Tensor]) -> None:
+    named = [(n, t) for n, t in tensors.items() if t is not None]
+    first_name, first = named[0]
+    for name, t in named[1:]:
+        if t.device != first.device:
+            _fail(op, f"{name} is on {t.device} but {first_name} is on {first.device}; all tensors must share a device")
+
+
+def dim_equal(op: str, what: str, a: int, b: int, a_name: str, b_name: str) -> None:
+    if a != b:
+        _fail(op, f"{what} mismatch: {a_name} has {a}, {b_name} has {b}")
+
+
+def finite(op: str, name: str, t: Tensor) -> None:
+    if t.numel() and not bool(torch.isfinite(t).all()):
+        bad = (~torch.isfinite(t)).nonzero()[0].tolist()
+        _fail(op, f"{name} contains NaN or Inf (first at index {tuple(bad)}: {t[tuple(bad)].item()})")
+
+
+def probabilities(op: str, name: str, attn: Tensor) -> None:
+    """Rows of ``attn`` must be finite, non-negative and sum to 1 (within ROW_SUM_TOL)."""
+    finite(op, name, attn)
+    if attn.numel() == 0:
+        return
+    if bool((attn < 0).any()):
+        bad = (attn < 0).nonzero()[0].tolist()
+        _fail(op, f"{name} has a negative probability at index {tuple(bad)}: {attn[tuple(bad)].item()}")
+    sums = attn.sum(dim=-1, dtype=torch.float32)
+    err = (sums - 1.0).abs()
+    tol = ROW_SUM_TOL[attn.dtype]
+    if bool((err > tol).any()):
+        bad = (err > tol).nonzero()[0].tolist()
+        _fail(
+            op,
+            f"{name} rows must be softmax probabilities summing to 1 (tolerance {tol}); "
+            f"row {tuple(bad)} sums to {sums[tuple(bad)].item():.6g}",
+        )
+
+
+def qs_list(op: str, qs: Sequence[float]) -> None:
+    if len(qs) == 0:
+        _fail(op, "qs must be a non-empty list of positive orders, got []")
+    for q in qs:
+        if not (math.isfinite(q) and q > 0):
+            _fail(op, f"qs must hold positive finite orders, got {list(qs)} (bad order {q})")
+
+
+def positive_int(op: str, name: str, v: int, minimum: int = 1) -> None:
+    if v < minimum:
+        _fail(op, f"{name} must be >= {minimum}, got {v}")
+
+
+def keep_ratio(op: str, v: float) -> None:
+    if not (v > 0.0 and v <= 1.0):  # also rejects NaN
+        _fail(op, f"keep_ratio must be in (0, 1], got {v}")
+
+
+def num_protected(op: str, p: int, n: int) -> None:
+    if not 0 <= p <= n - 1:
+        _fail(op, f"num_protected must be in [0, N-1] = [0, {n - 1}], got {p}")
+
+
+def indices(op: str, name: str, idx: Tensor, n: int, unique: bool, values: bool) -> None:
+    if not values or idx.numel() == 0:
+        return
+    lo, hi = int(idx.min()), int(idx.max())
+    if lo < 0 or hi >= n:
+        bad = lo if lo < 0 else hi
+        _fail(op, f"{name} holds index {bad}, out of range [0, {n - 1}]")
+    if unique:
+        srt = idx.sort(dim=-1).values
+        dup = srt[..., 1:] == srt[..., :-1]
+        if bool(dup.any()):
+            row, col = dup.nonzero()[0].tolist()
+            _fail(op, f"{name} row {row} holds index {int(srt[row, col])} twice; scatter indices must be unique")
+
+
+# --------------------------------------------------------------------------- per op
+def check_tsallis_entropy(attn, qs, values: bool) -> None:
+    op = "tsallis_entropy"
+    tensor(op, "attn", attn, 4, "(B, H, N, N)")
+    dim_equal(op, "attn rows and columns", attn.shape[2], attn.shape[3], "dim 2", "dim 3")
+    qs_list(op, qs)
+    if values:
+        probabilities(op, "attn", attn)
+
+
+def check_attention_entropy(q, k, v, qs, scale, values: bool) -> None:
+    op = "attention_entropy"
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        tensor(op, name, t, 4, "(B, H, N, D)")
+    same_device(op, q=q, k=k, v=v)
+    if k.shape[:3] != q.shape[:3] or v.shape[:3] != q.shape[:3]:
+        _fail(op, f"q, k, v must share (B, H, N); got q {_shape(q)}, k {_shape(k)}, v {_shape(v)}")
+    dim_equal(op, "head dim", q.shape[3], k.shape[3], "q", "k")
+    if not (q.dtype == k.dtype == v.dtype):
+        _fail(op, f"q, k, v must share a dtype; got {q.dtype}, {k.dtype}, {v.dtype}")
+    qs_list(op, qs)
+    if not (math.isfinite(scale) and scale > 0):
+        _fail(op, f"scale must be positive and finite, got {scale}")
+    if values:
+        for name, t in (("q", q), ("k", k), ("v", v)):
+            finite(op, name, t)
+
+
+def check_patch_edge_energy(image, patch, values: bool) -> None:
+    op = "patch_edge_energy"
+    tensor(op, "image", image, 4, "(B, 3, H, W)")
+    if image.shape[1] != 3:
+        _fail(op, f"image must have 3 channels (RGB) in dim 1, got shape {_shape(image)}")
+    positive_int(op, "patch", patch)
+    if image.shape[2] < patch or image.shape[3] < patch:
+        _fail(op, f"image ({image.shape[2]}x{image.shape[3]}) is smaller than one patch of {patch}")
+    if values:
+        finite(op, "image", image)
+
+
+def check_kmeans(x, init, iters, values: bool) -> None:
+    op = "kmeans"
+    tensor(op, "x", x, 3, "(B, n, d)")
+    tensor(op, "init", init, 3, "(B, k, d)")
+    same_device(op, x=x, init=init)
+    dim_equal(op, "batch", x.shape[0], init.shape[0], "x", "init")
+    dim_equal(op, "feature dim d", x.shape[2], init.shape[2], "x", "init")
+    if x.shape[1] < 1:
+        _fail(op, f"x must hold at least one point, got shape {_shape(x)}")
+    if init.shape[1] < 1 or init.shape[1] > x.shape[1]:
+        _fail(op, f"init must hold k in [1, n={x.shape[1]}] centroids, got k={init.shape[1]}")
+    positive_int(op, "iters", iters)
+    if values:
+        finite(op, "x", x)
+        finite(op, "init", init)
+
+
+def _check_select_scalars(op: str, n: int, keep_ratio_, num_protected_, alpha, entropy_mode, clusters, iters) -> None:
+    keep_ratio(op, keep_ratio_)
+    num_protected(op, num_protected_, n)
+    if not (0.0 <= alpha <= 1.0):
+        _fail(op, f"alpha must be in [0, 1], got {alpha}")
+    if entropy_mode not in ENTROPY_MODES:
+        _fail(op, f"entropy_mode must be one of {ENTROPY_MODES}, got {entropy_mode!r}")
+    positive_int(op, "clusters", clusters)
+    positive_int(op, "iters", iters)
+
+
+def _check_edge(op: str, edge, tokens, values: bool) -> None:
+    if edge is None:
+        return
+    tensor(op, "edge", edge, 2, "(B, N)")
+    if _shape(edge) != _shape(tokens)[:2]:
+        _fail(op, f"edge must be (B, N) = {_shape(tokens)[:2]} like tokens, got {_shape(edge)}")
+    if values:
+        finite(op, "edge", edge)
+
+
+def check_select(tokens, ent, edge, keep_ratio_, num_protected_, alpha, entropy_mode, clusters, iters, values: bool) -> None:
+    op = "select"
+    tensor(op, "tokens", tokens, 3, "(B, N, C)")
+    tensor(op, "ent", ent, 3, "(B, N, Q)")
+    same_device(op, tokens=tokens, ent=ent, edge=edge)
+    if ent.shape[:2] != tokens.shape[:2]:
+        _fail(op, f"ent must be (B, N, Q) with (B, N) = {_shape(tokens)[:2]} like tokens, got {_shape(ent)}")
+    if ent.shape[2] < 1:
+        _fail(op, f"ent must hold at least one order in dim 2, got {_shape(ent)}")
+    _check_edge(op, edge, tokens, values)
+    _check_select_scalars(op, tokens.shape[1], keep_ratio_, num_protected_, alpha, entropy_mode, clusters, iters)
+    if values:
+        finite(op, "tokens", tokens)
+        finite(op, "ent", ent)
+
+
+def check_prune(tokens, attn, edge, keep_ratio_, num_protected_, qs, alpha, entropy_mode, clusters, iters, values: bool) -> None:
+    op = "prune"
+    tensor(op, "tokens", tokens, 3, "(B, N, C)")
+    tensor(op, "attn", attn, 4, "(B, H, N, N)")
+    same_device(op, tokens=tokens, attn=attn, edge=edge)
+    dim_equal(op, "batch", tokens.shape[0], attn.shape[0], "tokens", "attn")
+    dim_equal(op, "tokens N", tokens.shape[1], attn.shape[2], "tokens", "attn dim 2")
+    dim_equal(op, "attn rows and columns", attn.shape[2], attn.shape[3], "dim 2", "dim 3")
+    _check_edge(op, edge, tokens, values)
+    qs_list(op, qs)
+    _check_select_scalars(op, tokens.shape[1], keep_ratio_, num_protected_, alpha, entropy_mode, clusters, iters)
+    if values:
+        finite(op, "tokens", tokens)
+        probabilities(op, "attn", attn)
+
+
+def check_gather_tokens(x, idx, values: bool) -> None:
+    op = "gather_tokens"
+    tensor(op, "x", x, 3, "(B, N, C)")
+    tensor(op, "idx", idx, 2, "(B, K)", INDEX_DTYPES)
+    same_device(op, x=x, idx=idx)
+    dim_equal(op, "batch", x.shape[0], idx.shape[0], "x", "idx")
+    indices(op, "idx", idx, x.shape[1], unique=False, values=values)
+
+
+def check_scatter_tokens(full, x, idx, values: bool) -> None:
+    op = "scatter_tokens"
+    tensor(op, "full", full, 3, "(B, N, C)")
+    tensor(op, "x", x, 3, "(B, K, C)")
+    tensor(op, "idx", idx, 2, "(B, K)", INDEX_DTYPES)
+    same_device(op, full=full, x=x, idx=idx)
+    if x.dtype != full.dtype:
+        _fail(op, f"x dtype {x.dtype} must match full dtype {full.dtype}")
+    dim_equal(op, "batch", full.shape[0], x.shape[0], "full", "x")
+    dim_equal(op, "batch", full.shape[0], idx.shape[0], "full", "idx")
+    dim_equal(op, "channels C", full.shape[2], x.shape[2], "full", "x")
+    dim_equal(op, "K", x.shape[1], idx.shape[1], "x", "idx")
+    if idx.shape[1] > full.shape[1]:
+        _fail(op, f"idx holds {idx.shape[1]} indices per row but full has only N={full.shape[1]} tokens")
+    indices(op, "idx", idx, full.shape[1], unique=True, values=values)

@@ -1,0 +1,282 @@
+"""The ``torch.ops.lvtp`` op registry: schemas, validation, fake kernels and dispatch.
+
+Every schema of the spec is defined here once. Each op gets one composite kernel that
+validates its inputs (``_validate``) and hands them to a *backend* picked by the
+dispatch policy:
+
+* backends are plain callables registered per op with :func:`register_backend`
+  (``ref`` = python_ref, registered for every device; later: ``triton``, ``cpp``, ``cuda``);
+* ``LVTP_IMPL=auto`` (default) takes, per device, the first available backend in
+  ``AUTO_ORDER``; ``LVTP_IMPL=<backend>`` forces that backend for every op that has it
+  (the other ops keep their automatic choice); a forced backend that is registered but
+  unavailable raises, it never falls back silently.
+
+Fake kernels (``register_fake``) run the same validator on shapes only, so ops work
+under ``torch.compile(fullgraph=True)`` and pass ``torch.library.opcheck``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import torch
+
+import python_ref
+
+from . import _validate as V
+
+NAMESPACE = "lvtp"
+
+# The op contract of the spec, one schema per op, defined nowhere else.
+SCHEMAS: Dict[str, str] = {
+    "tsallis_entropy": "(Tensor attn, float[] qs) -> Tensor",
+    "attention_entropy": "(Tensor q, Tensor k, Tensor v, float[] qs, float scale) -> (Tensor out, Tensor ent)",
+    "patch_edge_energy": "(Tensor image, int patch) -> Tensor",
+    "kmeans": "(Tensor x, Tensor init, int iters) -> (Tensor centroids, Tensor assign)",
+    "select": (
+        "(Tensor tokens, Tensor ent, Tensor? edge, float keep_ratio, int num_protected, float alpha, "
+        "str entropy_mode, int clusters, int iters) -> (Tensor keep_idx, Tensor prune_idx, Tensor cluster_id)"
+    ),
+    "prune": (
+        "(Tensor tokens, Tensor attn, Tensor? edge=None, float keep_ratio=0.7, int num_protected=1, "
+        "float[] qs=[0.5, 1.0, 2.0, 3.0], float alpha=0.5, str entropy_mode=\"low\", int clusters=8, "
+        "int iters=10) -> (Tensor kept, Tensor keep_idx, Tensor prune_idx, Tensor cluster_id)"
+    ),
+    "gather_tokens": "(Tensor x, Tensor idx) -> Tensor",
+    "scatter_tokens": "(Tensor full, Tensor x, Tensor idx) -> Tensor",
+}
+OP_NAMES: Tuple[str, ...] = tuple(SCHEMAS)
+
+BACKENDS: Tuple[str, ...] = ("ref", "triton", "cpp", "cuda")
+# Automatic choice, per device type, in order of preference.
+AUTO_ORDER: Dict[str, Tuple[str, ...]] = {"cuda": ("cuda", "triton", "ref"), "cpu": ("cpp", "ref")}
+DEFAULT_AUTO_ORDER: Tuple[str, ...] = ("ref",)
+
+
+@dataclass
+class Backend:
+    fn: Callable
+    devices: Optional[Tuple[str, ...]]  # device types it runs on; None: every device
+    available: Callable[[], Tuple[bool, str]]  # (usable now, why not)
+
+    def runs_on(self, device_type: str) -> bool:
+        return self.devices is None or device_type in self.devices
+
+
+_BACKENDS: Dict[str, Dict[str, Backend]] = {name: {} for name in OP_NAMES}
+
+
+def _always() -> Tuple[bool, str]:
+    return True, ""
+
+
+def register_backend(
+    op: str,
+    backend: str,
+    fn: Callable,
+    devices: Optional[Sequence[str]] = None,
+    available: Callable[[], Tuple[bool, str]] = _always,
+) -> None:
+    """Make ``fn`` (the op's arguments in schema order) a backend of ``op``."""
+    if op not in _BACKENDS:
+        raise ValueError(f"register_backend: unknown op {op!r}; ops are {OP_NAMES}")
+    if backend not in BACKENDS:
+        raise ValueError(f"register_backend: unknown backend {backend!r}; backends are {BACKENDS}")
+    _BACKENDS[op][backend] = Backend(fn, None if devices is None else tuple(devices), available)
+
+
+def requested_impl() -> str:
+    """The ``LVTP_IMPL`` setting: ``auto`` or one of ``BACKENDS``."""
+    impl = os.environ.get("LVTP_IMPL", "auto").strip().lower() or "auto"
+    if impl != "auto" and impl not in BACKENDS:
+        raise ValueError(f"LVTP_IMPL must be 'auto' or one of {BACKENDS}, got {impl!r}")
+    return impl
+
+
+def choose_backend(op: str, device_type: str) -> str:
+    """The backend that runs ``op`` on ``device_type`` under the current ``LVTP_IMPL``."""
+    impl = requested_impl()
+    backends = _BACKENDS[op]
+    forced = backends.get(impl) if impl != "auto" else None
+    if forced is not None and forced.runs_on(device_type):
+        ok, why = forced.available()
+        if not ok:
+            raise RuntimeError(f"lvtp.{op}: LVTP_IMPL={impl} was requested but the {impl} backend is unavailable: {why}")
+        return impl
+    for name in AUTO_ORDER.get(device_type, DEFAULT_AUTO_ORDER):
+        b = backends.get(name)
+        if b is not None and b.runs_on(device_type) and b.available()[0]:
+            return name
+    raise RuntimeError(f"lvtp.{op}: no backend runs on device type {device_type!r}")
+
+
+def backend_table(device_types: Sequence[str] = ("cpu", "cuda")) -> List[dict]:
+    """Per op: the backend chosen per device and why each known backend is on or off."""
+    rows = []
+    for op in OP_NAMES:
+        row = {"op": op, "chosen": {}, "backends": {}}
+        for dev in device_types:
+            try:
+                row["chosen"][dev] = choose_backend(op, dev)
+            except (RuntimeError, ValueError) as exc:
+                row["chosen"][dev] = f"error: {exc}"
+        for name in BACKENDS:
+            b = _BACKENDS[op].get(name)
+            if b is None:
+                row["backends"][name] = f"off: no {name} kernel for this op"
+            else:
+                ok, why = b.available()
+                where = "all devices" if b.devices is None else "/".join(b.devices)
+                row["backends"][name] = f"on ({where})" if ok else f"off: {why}"
+        rows.append(row)
+    return rows
+
+
+def _run(op: str, device: torch.device, *args):
+    return _BACKENDS[op][choose_backend(op, device.type)].fn(*args)
+
+
+# --------------------------------------------------------------------------- definitions
+for _name, _schema in SCHEMAS.items():
+    torch.library.define(f"{NAMESPACE}::{_name}", _schema)
+
+for _name in OP_NAMES:
+    register_backend(_name, "ref", getattr(python_ref, _name))
+
+
+def _impl(name: str):
+    return torch.library.impl(f"{NAMESPACE}::{name}", "CompositeExplicitAutograd")
+
+
+def _fake(name: str):
+    return torch.library.register_fake(f"{NAMESPACE}::{name}")
+
+
+# The dispatcher drops trailing arguments equal to their schema default: kernels with
+# defaults in the schema carry the same defaults.
+_DEFAULT_QS = (0.5, 1.0, 2.0, 3.0)
+
+
+def _budget(n, p, keep_ratio):
+    return python_ref.ops.budget(n, p, keep_ratio)
+
+
+@_impl("tsallis_entropy")
+def _tsallis_entropy(attn, qs):
+    V.check_tsallis_entropy(attn, qs, values=True)
+    return _run("tsallis_entropy", attn.device, attn, qs)
+
+
+@_fake("tsallis_entropy")
+def _tsallis_entropy_fake(attn, qs):
+    V.check_tsallis_entropy(attn, qs, values=False)
+    b, _, n, _ = attn.shape
+    return attn.new_empty((b, n, len(qs)), dtype=torch.float32)
+
+
+@_impl("attention_entropy")
+def _attention_entropy(q, k, v, qs, scale):
+    V.check_attention_entropy(q, k, v, qs, scale, values=True)
+    return _run("attention_entropy", q.device, q, k, v, qs, scale)
+
+
+@_fake("attention_entropy")
+def _attention_entropy_fake(q, k, v, qs, scale):
+    V.check_attention_entropy(q, k, v, qs, scale, values=False)
+    b, h, n, _ = q.shape
+    out = q.new_empty((b, h, n, v.shape[3]))
+    return out, q.new_empty((b, n, len(qs)), dtype=torch.float32)
+
+
+@_impl("patch_edge_energy")
+def _patch_edge_energy(image, patch):
+    V.check_patch_edge_energy(image, patch, values=True)
+    return _run("patch_edge_energy", image.device, image, patch)
+
+
+@_fake("patch_edge_energy")
+def _patch_edge_energy_fake(image, patch):
+    V.check_patch_edge_energy(image, patch, values=False)
+    b, _, height, width = image.shape
+    return image.new_empty((b, (height // patch) * (width // patch)), dtype=torch.float32)
+
+
+@_impl("kmeans")
+def _kmeans(x, init, iters):
+    V.check_kmeans(x, init, iters, values=True)
+    return _run("kmeans", x.device, x, init, iters)
+
+
+@_fake("kmeans")
+def _kmeans_fake(x, init, iters):
+    V.check_kmeans(x, init, iters, values=False)
+    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    return init.new_empty(init.shape, dtype=acc), x.new_empty(x.shape[:2], dtype=torch.int64)
+
+
+@_impl("select")
+def _select(tokens, ent, edge, keep_ratio, num_protected, alpha, entropy_mode, clusters, iters):
+    args = (tokens, ent, edge, keep_ratio, num_protected, alpha, entropy_mode, clusters, iters)
+    V.check_select(*args, values=True)
+    return _run("select", tokens.device, *args)
+
+
+def _select_outputs(tokens, keep_ratio, num_protected):
+    b, n = tokens.shape[:2]
+    kept = num_protected + _budget(n, num_protected, keep_ratio)
+    return (
+        tokens.new_empty((b, kept), dtype=torch.int64),
+        tokens.new_empty((b, n - kept), dtype=torch.int64),
+        tokens.new_empty((b, n), dtype=torch.int32),
+    )
+
+
+@_fake("select")
+def _select_fake(tokens, ent, edge, keep_ratio, num_protected, alpha, entropy_mode, clusters, iters):
+    V.check_select(tokens, ent, edge, keep_ratio, num_protected, alpha, entropy_mode, clusters, iters, values=False)
+    return _select_outputs(tokens, keep_ratio, num_protected)
+
+
+@_impl("prune")
+def _prune(
+    tokens, attn, edge=None, keep_ratio=0.7, num_protected=1, qs=_DEFAULT_QS, alpha=0.5, entropy_mode="low",
+    clusters=8, iters=10):
+    args = (tokens, attn, edge, keep_ratio, num_protected, list(qs), alpha, entropy_mode, clusters, iters)
+    V.check_prune(*args, values=True)
+    return _run("prune", tokens.device, *args)
+
+
+@_fake("prune")
+def _prune_fake(
+    tokens, attn, edge=None, keep_ratio=0.7, num_protected=1, qs=_DEFAULT_QS, alpha=0.5, entropy_mode="low",
+    clusters=8, iters=10):
+    V.check_prune(tokens, attn, edge, keep_ratio, num_protected, qs, alpha, entropy_mode, clusters, iters, values=False)
+    keep_idx, prune_idx, cluster_id = _select_outputs(tokens, keep_ratio, num_protected)
+    kept = tokens.new_empty((tokens.shape[0], keep_idx.shape[1], tokens.shape[2]))
+    return kept, keep_idx, prune_idx, cluster_id
+
+
+@_impl("gather_tokens")
+def _gather_tokens(x, idx):
+    V.check_gather_tokens(x, idx, values=True)
+    return _run("gather_tokens", x.device, x, idx)
+
+
+@_fake("gather_tokens")
+def _gather_tokens_fake(x, idx):
+    V.check_gather_tokens(x, idx, values=False)
+    return x.new_empty((x.shape[0], idx.shape[1], x.shape[2]))
+
+
+@_impl("scatter_tokens")
+def _scatter_tokens(full, x, idx):
+    V.check_scatter_tokens(full, x, idx, values=True)
+    return _run("scatter_tokens", full.device, full, x, idx)
+
+
+@_fake("scatter_tokens")
+def _scatter_tokens_fake(full, x, idx):
+    V.check_scatter_tokens(full, x, idx, values=False)
+    return torch.empty_like(full, memory_format=torch.contiguous_format)

@@ -1,0 +1,298 @@
+"""Pure-PyTorch reference of every ``torch.ops.lvtp`` op (see ../shared/lvtp-spec.md).
+
+Written for clarity, not speed. Every function has the signature of its op and is the
+numerical reference the kernels are tested against. No input validation happens here:
+the op registry in ``lvtp_kernels`` validates before calling these functions.
+
+Precision: every reduction runs in float32 (float64 when the input is float64).
+Selection (steps 2, 4, 5 inside ``select``) runs in float64, so that every backend
+agrees on its discrete outputs.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "tsallis_entropy",
+    "attention_entropy",
+    "patch_edge_energy",
+    "kmeans",
+    "select",
+    "prune",
+    "gather_tokens",
+    "scatter_tokens",
+    "dynamic_weights",
+    "fused_importance",
+    "budget",
+    "two_means_split",
+]
+
+LUMA = (0.299, 0.587, 0.114)
+SOBEL_X = ((-1.0, 0.0, 1.0), (-2.0, 0.0, 2.0), (-1.0, 0.0, 1.0))
+
+
+def _acc_dtype(t: Tensor) -> torch.dtype:
+    return torch.float64 if t.dtype == torch.float64 else torch.float32
+
+
+# --------------------------------------------------------------------------- step 1
+def tsallis_max(n: int, q: float) -> float:
+    """Tsallis (or Shannon for q == 1) entropy of the uniform row of length ``n``."""
+    if q == 1.0:
+        return math.log(n)
+    return (1.0 - n ** (1.0 - q)) / (q - 1.0)
+
+
+def tsallis_entropy(attn: Tensor, qs: Sequence[float]) -> Tensor:
+    """(B, H, N, N) attention probabilities -> (B, N, len(qs)) head-mean normalised entropy."""
+    p = attn.to(_acc_dtype(attn))
+    n = p.shape[-1]
+    per_order = []
+    for q in qs:
+        q = float(q)
+        if q == 1.0:
+            s = -torch.xlogy(p, p).sum(-1)  # 0 ln 0 = 0
+        else:
+            s = (1.0 - p.pow(q).sum(-1)) / (q - 1.0)
+        s_max = tsallis_max(n, q)
+        s_hat = s / s_max if s_max != 0.0 else torch.zeros_like(s)  # 0/0 := 0 when N == 1
+        per_order.append(s_hat.mean(dim=1))  # head mean -> (B, N)
+    return torch.stack(per_order, dim=-1).to(torch.float32)
+
+
+def attention_entropy(
+    q: Tensor, k: Tensor, v: Tensor, qs: Sequence[float], scale: float
+) -> Tuple[Tensor, Tensor]:
+    """Softmax attention output (B, H, N, Dv) in q's dtype plus the (B, N, len(qs)) entropies.
+
+    The reference materialises the N x N map; the fused kernels never do.
+    """
+    acc = _acc_dtype(q)
+    logits = torch.matmul(q.to(acc), k.to(acc).transpose(-1, -2)) * scale
+    p = torch.softmax(logits, dim=-1)
+    out = torch.matmul(p, v.to(acc)).to(q.dtype)
+    return out, tsallis_entropy(p, qs)
+
+
+# --------------------------------------------------------------------------- step 3
+def patch_edge_energy(image: Tensor, patch: int) -> Tensor:
+    """(B, 3, H, W) image -> (B, h*w) Sobel edge energy per patch, normalised per image."""
+    img = image.to(_acc_dtype(image))
+    b, _, height, width = img.shape
+    y = LUMA[0] * img[:, 0] + LUMA[1] * img[:, 1] + LUMA[2] * img[:, 2]  # (B, H, W)
+    y = torch.nn.functional.pad(y[:, None], (1, 1, 1, 1), mode="replicate")  # (B, 1, H+2, W+2)
+    gx_kernel = torch.tensor(SOBEL_X, dtype=img.dtype, device=img.device)
+    kernels = torch.stack([gx_kernel, gx_kernel.t()])[:, None]  # (2, 1, 3, 3): Gx, Gy = Gx^T
+    grad = torch.nn.functional.conv2d(y, kernels)  # cross-correlation, (B, 2, H, W)
+    mag = torch.sqrt(grad[:, 0] ** 2 + grad[:, 1] ** 2)  # (B, H, W)
+    h, w = height // patch, width // patch
+    mag = mag[:, : h * patch, : w * patch]  # pixels past the grid are ignored
+    e = mag.reshape(b, h, patch, w, patch).mean(dim=(2, 4)).reshape(b, h * w)
+    e = e / (e.amax(dim=1, keepdim=True) + 1e-6)
+    return e.to(torch.float32)
+
+
+# --------------------------------------------------------------------------- step 5.1
+def _sq_distances(x: Tensor, c: Tensor) -> Tensor:
+    """Squared Euclidean distances (B, n, k), computed directly as sum_d (x - c)^2."""
+    cols = [((x - c[:, j : j + 1, :]) ** 2).sum(-1) for j in range(c.shape[1])]
+    return torch.stack(cols, dim=-1)
+
+
+def kmeans(x: Tensor, init: Tensor, iters: int) -> Tuple[Tensor, Tensor]:
+    """Batched Lloyd k-means: x (B, n, d), init (B, k, d) -> centroids (B, k, d), assign (B, n) int64.
+
+    Centroids are float32 (float64 when x is float64).
+
+    One iteration is an assignment (ties to the lower cluster index: ``argmin`` returns
+    the first minimum) then a centroid update (an empty cluster keeps its centroid).
+    After the last iteration a final assignment against the final centroids is returned.
+    """
+    acc = _acc_dtype(x)
+    x = x.to(acc)
+    c = init.to(acc).clone(memory_format=torch.contiguous_format)
+    k = c.shape[1]
+    for _ in range(iters):
+        assign = _sq_distances(x, c).argmin(dim=-1)
+        for j in range(k):
+            member = (assign == j).to(acc)[..., None]  # (B, n, 1)
+            count = member.sum(dim=1)  # (B, 1)
+            total = (x * member).sum(dim=1)  # (B, d)
+            c[:, j] = torch.where(count > 0, total / count.clamp_min(1), c[:, j])
+    assign = _sq_distances(x, c).argmin(dim=-1)
+    return c, assign
+
+
+# --------------------------------------------------------------------------- steps 2, 4
+# Selection (steps 2, 4, 5) computes in float64: its outputs are discrete (indices and
+# cluster ids), and float64 makes every backend agree on them except at exact ties,
+# which the spec breaks by index.
+def dynamic_weights(ent: Tensor, num_protected: int) -> Tensor:
+    """Step 2: w_q = sigma_q / sum sigma over the non-protected tokens, (B, Q) float64."""
+    s = ent[:, num_protected:].to(torch.float64)
+    mean = s.mean(dim=1, keepdim=True)
+    sigma = ((s - mean) ** 2).mean(dim=1).sqrt()  # population standard deviation, (B, Q)
+    total = sigma.sum(dim=1, keepdim=True)
+    uniform = torch.full_like(sigma, 1.0 / sigma.shape[1])
+    return torch.where(total > 0, sigma / torch.where(total > 0, total, 1.0), uniform)
+
+
+def fused_importance(
+    ent: Tensor, edge: Optional[Tensor], num_protected: int, alpha: float, entropy_mode: str
+) -> Tensor:
+    """Steps 2 and 4: u(i) for every token, (B, N) float64 (values at protected positions unused)."""
+    w = dynamic_weights(ent, num_protected)
+    ent = ent.to(torch.float64)
+    e = torch.zeros_like(ent[..., 0])
+    for j in range(ent.shape[-1]):  # E(i) = sum_q w_q S_q(i), accumulated in order of qs
+        e = e + w[:, j : j + 1] * ent[..., j]
+    h = 1.0 - e if entropy_mode == "low" else e
+    if edge is None:
+        return h
+    return alpha * h + (1.0 - alpha) * edge.to(torch.float64)
+
+
+def budget(n_tokens: int, num_protected: int, keep_ratio: float) -> int:
+    """Step 5.3: K = max(1, floor(keep_ratio * (N - P) + 0.5)) non-protected tokens kept."""
+    return max(1, int(math.floor(keep_ratio * (n_tokens - num_protected) + 0.5)))
+
+
+# --------------------------------------------------------------------------- step 5.2
+def two_means_split(u_sorted: Tensor) -> int:
+    """Exact 1-D 2-means of values sorted ascending.
+
+    Scans every split s = 1..m-1 (lower group u[:s], upper group u[s:]) for the least
+    total within-group sum of squares, ties to the smaller s, and returns s: the index
+    where the upper (salient) group starts. A single value is salient: returns 0.
+    The sums of squares come from float64 prefix sums, SSE = sum(u^2) - sum(u)^2 / count.
+    """
+    m = u_sorted.shape[0]
+    if m == 1:
+        return 0
+    u = u_sorted.to(torch.float64)
+    s1 = torch.cumsum(u, 0)
+    s2 = torch.cumsum(u * u, 0)
+    n_lo = torch.arange(1, m, dtype=torch.float64, device=u.device)  # s = 1..m-1
+    lo1, lo2 = s1[:-1], s2[:-1]
+    hi1, hi2 = s1[-1] - lo1, s2[-1] - lo2
+    cost = (lo2 - lo1 * lo1 / n_lo) + (hi2 - hi1 * hi1 / (m - n_lo))
+    return int(torch.argmin(cost)) + 1  # argmin returns the first minimum: smaller s
+
+
+def _order_desc(values: Tensor, index: Tensor) -> Tensor:
+    """``index`` (ascending) reordered by descending ``values``, ties by lower index."""
+    return index[torch.sort(values, descending=True, stable=True).indices]
+
+
+def _select_one(
+    feats: Tensor, u: Tensor, n_tokens: int, num_protected: int, keep_ratio: float, clusters: int, iters: int
+) -> Tuple[Tensor, Tensor]:
+    """Step 5 for one image: feats (n, C) and u (n,) of the non-protected tokens, float64.
+
+    Returns the keep mask (n,) and the cluster of each token (n,).
+    """
+    n = feats.shape[0]
+    device = feats.device
+    k = min(clusters, n)
+    x = feats / feats.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    # 5.1 deterministic init: tokens at evenly spaced ranks of u (descending, ties by lower index)
+    ranked = _order_desc(u, torch.arange(n, device=device))
+    init = x[ranked[[(r * n) // k for r in range(k)]]]
+    _, assign = kmeans(x[None], init[None], iters)
+    assign = assign[0]
+
+    # 5.2 per cluster: representative (best u) and the 2-means salient/plain split
+    reps, salient, plain = [], [], []
+    arange = torch.arange(n, device=device)
+    for c in range(k):
+        members = arange[assign == c]  # ascending token index
+        if members.numel() == 0:
+            continue
+        reps.append(_order_desc(u[members], members)[0])
+        by_u_asc = members[torch.sort(u[members], stable=True).indices]  # ties by lower index
+        split = two_means_split(u[by_u_asc])
+        salient.append(by_u_asc[split:])
+        plain.append(by_u_asc[:split])
+
+    # 5.3 budget: representatives (best first), then salient, then plain, by descending u
+    reps_t = torch.stack(reps).sort().values
+    reps_t = _order_desc(u[reps_t], reps_t)
+    is_rep = torch.zeros(n, dtype=torch.bool, device=device)
+    is_rep[reps_t] = True
+    sal = torch.cat(salient).sort().values
+    sal = sal[~is_rep[sal]]
+    pla = torch.cat(plain).sort().values
+    pla = pla[~is_rep[pla]]
+    order = torch.cat([reps_t, _order_desc(u[sal], sal), _order_desc(u[pla], pla)])
+    keep = torch.zeros(n, dtype=torch.bool, device=device)
+    keep[order[: budget(n_tokens, num_protected, keep_ratio)]] = True
+    return keep, assign
+
+
+def select(
+    tokens: Tensor,
+    ent: Tensor,
+    edge: Optional[Tensor],
+    keep_ratio: float,
+    num_protected: int,
+    alpha: float,
+    entropy_mode: str,
+    clusters: int,
+    iters: int,
+) -> Tuple[Tensor, Tensor, Tensor]:
+    """Steps 2, 4, 5 -> keep_idx (B, P+K) int64, prune_idx (B, N-P-K) int64, cluster_id (B, N) int32."""
+    b, n_tokens, _ = tokens.shape
+    p = num_protected
+    u = fused_importance(ent, edge, p, alpha, entropy_mode)
+    feats = tokens[:, p:].to(torch.float64)
+    keep_rows, prune_rows, cid_rows = [], [], []
+    protected = torch.arange(p, device=tokens.device)
+    arange = torch.arange(n_tokens - p, device=tokens.device)
+    for i in range(b):
+        keep, assign = _select_one(feats[i], u[i, p:], n_tokens, p, keep_ratio, clusters, iters)
+        keep_rows.append(torch.cat([protected, arange[keep] + p]))
+        prune_rows.append(arange[~keep] + p)
+        cid = torch.full((n_tokens,), -1, dtype=torch.int32, device=tokens.device)
+        cid[p:] = assign.to(torch.int32)
+        cid_rows.append(cid)
+    return torch.stack(keep_rows), torch.stack(prune_rows), torch.stack(cid_rows)
+
+
+# --------------------------------------------------------------------------- steps 1-5 + gather
+def prune(
+    tokens: Tensor,
+    attn: Tensor,
+    edge: Optional[Tensor] = None,
+    keep_ratio: float = 0.7,
+    num_protected: int = 1,
+    qs: List[float] = (0.5, 1.0, 2.0, 3.0),
+    alpha: float = 0.5,
+    entropy_mode: str = "low",
+    clusters: int = 8,
+    iters: int = 10,
+) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The user-facing op: entropy, selection and the gather of the kept tokens."""
+    ent = tsallis_entropy(attn, qs)
+    keep_idx, prune_idx, cluster_id = select(
+        tokens, ent, edge, keep_ratio, num_protected, alpha, entropy_mode, clusters, iters
+    )
+    return gather_tokens(tokens, keep_idx), keep_idx, prune_idx, cluster_id
+
+
+# --------------------------------------------------------------------------- gather / scatter
+def gather_tokens(x: Tensor, idx: Tensor) -> Tensor:
+    """x (B, N, C), idx (B, K) -> (B, K, C) with out[b, j] = x[b, idx[b, j]]."""
+    return torch.stack([x[i].index_select(0, idx[i].long()) for i in range(x.shape[0])])
+
+
+def scatter_tokens(full: Tensor, x: Tensor, idx: Tensor) -> Tensor:
+    """Out-of-place: a copy of full (B, N, C) with out[b, idx[b, j]] = x[b, j]."""
+    out = full.clone(memory_format=torch.contiguous_format)
+    for i in range(full.shape[0]):
+        out[i].index_copy_(0, idx[i].long(), x[i].to(full.dtype))
+    return out

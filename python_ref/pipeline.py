@@ -1,0 +1,93 @@
+"""Reference of the progressive pipeline: stages, frozen tokens and reconstruction (spec steps 6, 7).
+
+``progressive_forward`` runs a list of transformer blocks with pruning stages and
+returns the rebuilt full token map; ``reconstruct`` is step 7 on its own. Both work on
+any blocks: a block is a callable ``x -> x`` and ``block_with_attn(block, x)`` returns
+``(x, attn)`` with the block's softmax attention probabilities (B, H, N, N).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, List, Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor
+
+from . import ops
+
+RECONSTRUCT_MODES = ("residual", "frozen")
+
+
+@dataclass
+class StageRecord:
+    """What a pruning stage stores (step 6). Indices refer to the stage's input token set."""
+
+    layer: int
+    x_at_stage: Tensor  # (B, N_in, C): every active token right after block ``layer``
+    keep_idx: Tensor  # (B, P+K) int64, ascending
+    prune_idx: Tensor  # (B, N_in-P-K) int64, ascending
+    cluster_id: Tensor  # (B, N_in) int32, -1 for protected tokens
+
+
+def reconstruct(x_final: Tensor, records: Sequence[StageRecord], mode: str = "residual") -> Tensor:
+    """Step 7: rebuild every original position from the final active tokens.
+
+    Stages are rebuilt from the last to the first, so a token kept at stage s but pruned
+    later enters stage s's residual with its own reconstruction as its "final" features.
+    A pruned token in a cluster with no kept token falls back to "frozen".
+    """
+    if mode not in RECONSTRUCT_MODES:
+        raise ValueError(f"reconstruct: mode must be one of {RECONSTRUCT_MODES}, got {mode!r}")
+    full = x_final
+    for rec in reversed(records):
+        b, n_in, c = rec.x_at_stage.shape
+        rebuilt = torch.empty(b, n_in, c, dtype=full.dtype, device=full.device)
+        for i in range(b):
+            kept, pruned = rec.keep_idx[i], rec.prune_idx[i]
+            frozen = rec.x_at_stage[i, pruned].to(full.dtype)
+            if mode == "residual":
+                delta = full[i] - rec.x_at_stage[i, kept].to(full.dtype)  # x_j(final) - x_j(s)
+                cid_kept = rec.cluster_id[i, kept]
+                cid_pruned = rec.cluster_id[i, pruned]
+                for cl in torch.unique(cid_pruned).tolist():
+                    in_kept = cid_kept == cl
+                    if bool(in_kept.any()):
+                        frozen[cid_pruned == cl] += delta[in_kept].mean(dim=0)
+            rebuilt[i, kept] = full[i]
+            rebuilt[i, pruned] = frozen
+        full = rebuilt
+    return full
+
+
+def progressive_forward(
+    x: Tensor,
+    blocks: Sequence[Callable[[Tensor], Tensor]],
+    schedule: Sequence[Tuple[int, float]],
+    block_with_attn: Callable[[Callable, Tensor], Tuple[Tensor, Tensor]],
+    edge: Optional[Tensor] = None,
+    num_protected: int = 1,
+    reconstruct_mode: str = "residual",
+    **prune_kwargs,
+) -> Tuple[Tensor, List[StageRecord]]:
+    """Steps 6 and 7: run ``blocks`` on x (B, N0, C) with pruning after each stage's layer.
+
+    ``edge`` is (B, N0) (values at protected positions unused) and is carried along with
+    the tokens. A stage whose keep_ratio is 1.0 is skipped. Returns the rebuilt
+    (B, N0, C) map (before the final norm) and the stage records.
+    """
+    stages = {int(layer): float(ratio) for layer, ratio in schedule if float(ratio) < 1.0}
+    records: List[StageRecord] = []
+    for i, blk in enumerate(blocks):
+        if i not in stages:
+            x = blk(x)
+            continue
+        x, attn = block_with_attn(blk, x)
+        kept, keep_idx, prune_idx, cluster_id = ops.prune(
+            x, attn, edge, keep_ratio=stages[i], num_protected=num_protected, **prune_kwargs
+        )
+        records.append(StageRecord(i, x, keep_idx, prune_idx, cluster_id))
+        x = kept
+        if edge is not None:
+            edge = ops.gather_tokens(edge[..., None], keep_idx)[..., 0]
+    return reconstruct(x, records, reconstruct_mode), records
