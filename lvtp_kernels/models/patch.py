@@ -8,8 +8,8 @@ The patched forward prunes after each stage's block with ``torch.ops.lvtp.prune`
 (steps 1-5), carries the edge energy along with the tokens, and rebuilds the full token
 map before the final norm (step 7), so the dense head runs unchanged. A stage whose
 keep_ratio is 1.0 is skipped: with 1.0 everywhere the patched model computes exactly
-what the unpatched one does. Patched models are for inference (the lvtp ops take no
-gradients).
+what the unpatched one does. Patched models are for inference: the pruned part of the
+forward runs under ``torch.no_grad()`` (the lvtp ops take no gradients).
 """
 
 from __future__ import annotations
@@ -85,10 +85,14 @@ class _LVTPMixin:
         stages = st.stages
         if not stages:
             return super().forward_blocks(x, image)
+        with torch.no_grad():  # inference only: the lvtp ops take no gradients
+            return self._pruned_blocks(x, image, st, stages)
+
+    def _pruned_blocks(self, x: Tensor, image: Tensor, st: LVTPState, stages: Dict[int, float]) -> Tensor:
         p = self.num_prefix_tokens
         edge: Optional[Tensor] = None
         if st.use_edge:
-            e = torch.ops.lvtp.patch_edge_energy(image.detach(), self.cfg.patch_size)
+            e = torch.ops.lvtp.patch_edge_energy(image, self.cfg.patch_size)
             edge = torch.cat([e.new_zeros(e.shape[0], p), e], dim=1)
         records: List[StageRecord] = []
         for i, blk in enumerate(self.blocks):
@@ -97,7 +101,7 @@ class _LVTPMixin:
                 continue
             x, attn = blk(x, return_attn=True)
             kept, keep_idx, prune_idx, cluster_id = torch.ops.lvtp.prune(
-                x.detach(), attn.detach(), edge, stages[i], p, list(st.qs), st.alpha, st.entropy_mode, st.clusters, st.iters
+                x, attn, edge, stages[i], p, list(st.qs), st.alpha, st.entropy_mode, st.clusters, st.iters
             )
             records.append(StageRecord(i, x, keep_idx, prune_idx, cluster_id))
             x = kept

@@ -1,0 +1,247 @@
+"""The ViT segmenter and the one-call LVTP patch."""
+
+import pytest
+import torch
+
+import lvtp_kernels
+from lvtp_kernels.flops import count_flops, vit_flops
+from lvtp_kernels.models import ViTSegmenter, build_model, is_patched, vit_config
+from lvtp_kernels.models.patch import reconstruct as fast_reconstruct
+from python_ref import pipeline
+
+SIZE = (96, 128)  # 6 x 8 = 48 patch tokens
+
+
+def small_model(depth=4, **kw):
+    return build_model("vit_ti", seed=3, img_size=SIZE, depth=depth, **kw)
+
+
+def images(batch=2, size=SIZE, seed=0):
+    return torch.randn(batch, 3, *size, generator=torch.Generator().manual_seed(seed))
+
+
+def timm_vit_keys(depth):
+    """The parameter names of timm's VisionTransformer (class token, no fc_norm)."""
+    keys = ["cls_token", "pos_embed", "patch_embed.proj.weight", "patch_embed.proj.bias"]
+    for i in range(depth):
+        for part in ("norm1", "attn.qkv", "attn.proj", "norm2", "mlp.fc1", "mlp.fc2"):
+            keys += [f"blocks.{i}.{part}.weight", f"blocks.{i}.{part}.bias"]
+    return keys + ["norm.weight", "norm.bias"]
+
+
+def test_parameter_names_follow_timm():
+    model = small_model(depth=3)
+    names = set(model.state_dict())
+    assert names - {"decoder.head.weight", "decoder.head.bias"} == set(timm_vit_keys(3))
+
+
+def test_load_timm_state_dict_resamples_pos_embed_and_drops_head():
+    donor = build_model("vit_ti", seed=7, img_size=(224, 224), depth=2)  # 14 x 14 grid
+    sd = {k: v for k, v in donor.state_dict().items() if not k.startswith("decoder.")}
+    sd["head.weight"] = torch.zeros(1000, 192)
+    sd["head.bias"] = torch.zeros(1000)
+    model = build_model("vit_ti", seed=0, img_size=SIZE, depth=2)
+    model.load_timm_state_dict(sd)
+    assert torch.equal(model.blocks[1].mlp.fc2.weight, donor.blocks[1].mlp.fc2.weight)
+    assert model.pos_embed.shape == (1, 1 + 6 * 8, 192)
+    assert torch.equal(model.pos_embed[:, :1], donor.pos_embed[:, :1])
+    del sd["blocks.1.norm2.weight"]
+    with pytest.raises(ValueError, match="blocks.1.norm2.weight"):
+        model.load_timm_state_dict(sd)
+
+
+def test_timm_vision_transformer_loads_when_available():
+    timm = pytest.importorskip("timm", reason="timm needs torchvision, which does not import beside the CPU torch")
+    ref = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=0, depth=2)
+    model = build_model("vit_ti", seed=0, img_size=(224, 224), depth=2)
+    model.load_timm_state_dict(ref.state_dict())
+    x = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        ours = model.norm(model.forward_blocks(model.embed(x)[0], x))
+        theirs = ref.forward_features(x)
+    torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-4)
+
+
+def test_output_shape_and_other_input_size():
+    model = small_model()
+    with torch.no_grad():
+        assert model(images()).shape == (2, 11, *SIZE)
+        assert model(images(1, (64, 80))).shape == (1, 11, 64, 80)
+
+
+@pytest.mark.parametrize("how", ["schedule", "reduction0"])
+def test_keep_ratio_one_is_bitwise_identical(how):
+    model = small_model()
+    x = images()
+    with torch.no_grad():
+        before = model(x)
+        if how == "schedule":
+            lvtp_kernels.patch(model, schedule=[(1, 1.0), (2, 1.0)])
+        else:
+            lvtp_kernels.patch(model, flops_reduction=0.0)
+        after = model(x)
+    assert is_patched(model)
+    assert torch.equal(before, after)
+
+
+def test_patch_unpatch_round_trip_touches_no_weight():
+    model = small_model()
+    sd = {k: v.clone() for k, v in model.state_dict().items()}
+    x = images()
+    with torch.no_grad():
+        before = model(x)
+        lvtp_kernels.patch(model, flops_reduction=0.3)
+        pruned = model(x)
+        assert set(model.state_dict()) == set(sd)
+        assert all(torch.equal(model.state_dict()[k], v) for k, v in sd.items())
+        lvtp_kernels.unpatch(model)
+        after = model(x)
+    assert type(model) is ViTSegmenter and not hasattr(model, "_lvtp")
+    assert not torch.equal(before, pruned)
+    assert torch.equal(before, after)
+
+
+def test_repatch_replaces_settings():
+    model = small_model()
+    lvtp_kernels.patch(model, schedule=[(1, 0.5)])
+    lvtp_kernels.patch(model, schedule=[(2, 0.25)], clusters=2)
+    assert model._lvtp.schedule == [(2, 0.25)] and model._lvtp.clusters == 2
+    assert type(model).__mro__[1] is not type(model)  # patched once, not twice
+    assert sum(c.__name__.startswith("LVTP") for c in type(model).__mro__) == 1
+
+
+def _reference_forward(model, x, schedule, **kw):
+    """The same model run through python_ref.pipeline (steps 6-7 reference)."""
+    tokens, grid = model.embed(x)
+    p = model.num_prefix_tokens
+    e = torch.ops.lvtp.patch_edge_energy(x, model.cfg.patch_size)
+    edge = torch.cat([e.new_zeros(e.shape[0], p), e], dim=1)
+    full, records = pipeline.progressive_forward(
+        tokens,
+        list(model.blocks),
+        schedule,
+        block_with_attn=lambda blk, t: blk(t, return_attn=True),
+        edge=edge,
+        num_protected=p,
+        **kw,
+    )
+    full = model.norm(full)
+    return model.decoder(full[:, p:], grid, x.shape[-2:]), records
+
+
+@pytest.mark.parametrize("mode", ["residual", "frozen"])
+def test_patched_model_matches_reference_pipeline(mode):
+    model = small_model(depth=6)
+    schedule = [(1, 0.6), (3, 0.5), (4, 1.0)]
+    x = images(3)
+    with torch.no_grad():
+        ref, ref_records = _reference_forward(model, x, schedule, reconstruct_mode=mode, clusters=4, iters=5)
+        lvtp_kernels.patch(model, schedule=schedule, clusters=4, iters=5, reconstruct=mode)
+        model._lvtp.keep_records = True
+        out = model(x)
+    records = model._lvtp.last_records
+    assert [r.layer for r in records] == [1, 3]
+    for a, b in zip(records, ref_records):
+        assert torch.equal(a.keep_idx, b.keep_idx)
+        assert torch.equal(a.prune_idx, b.prune_idx)
+        assert torch.equal(a.cluster_id, b.cluster_id)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_fast_reconstruct_matches_reference_on_random_records():
+    model = small_model(depth=5)
+    schedule = [(0, 0.7), (2, 0.4), (3, 0.5)]
+    x = images(2, seed=5)
+    with torch.no_grad():
+        tokens, _ = model.embed(x)
+        _, records = pipeline.progressive_forward(
+            tokens, list(model.blocks), schedule, block_with_attn=lambda blk, t: blk(t, return_attn=True), clusters=3
+        )
+        final = torch.randn(2, records[-1].keep_idx.shape[1], tokens.shape[-1])
+        for mode in ("residual", "frozen"):
+            torch.testing.assert_close(
+                fast_reconstruct(final, records, mode, clusters=3),
+                pipeline.reconstruct(final, records, mode),
+                rtol=1e-5,
+                atol=1e-6,
+            )
+
+
+def test_token_counts_per_stage():
+    model = small_model(depth=6)
+    lvtp_kernels.patch(model, schedule=[(1, 0.5), (3, 0.5)])
+    model._lvtp.keep_records = True
+    with torch.no_grad():
+        model(images(1))
+    n0 = 48
+    k1 = max(1, int(0.5 * n0 + 0.5))
+    k2 = max(1, int(0.5 * k1 + 0.5))
+    recs = model._lvtp.last_records
+    assert [r.x_at_stage.shape[1] for r in recs] == [1 + n0, 1 + k1]
+    assert [r.keep_idx.shape[1] for r in recs] == [1 + k1, 1 + k2]
+
+
+def test_patched_model_runs_with_grad_enabled():
+    model = small_model()
+    lvtp_kernels.patch(model, flops_reduction=0.3)
+    out = model(images(1))  # parameters require grad; the pruned blocks run under no_grad
+    assert out.shape == (1, 11, *SIZE) and torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("reduction", [None, 0.2, 0.3, 0.45])
+def test_analytic_flops_match_flop_counter(reduction):
+    model = build_model("vit_ti", seed=0, img_size=(240, 320))
+    x = images(1, (240, 320))
+    with torch.no_grad():
+        schedule = []
+        if reduction is not None:
+            lvtp_kernels.patch(model, flops_reduction=reduction)
+            schedule = model._lvtp.schedule
+        counted = count_flops(model, x)
+    analytic = vit_flops(model.vit_shape(), schedule)
+    assert abs(counted - analytic) / analytic < 0.03
+    if reduction is not None:
+        achieved = 1 - analytic / vit_flops(model.vit_shape())
+        assert abs(achieved - reduction) <= 0.02
+
+
+def test_flop_counter_sees_sdpa_on_cpu():
+    q = torch.randn(1, 2, 10, 8)
+    assert count_flops(torch.nn.functional.scaled_dot_product_attention, q, q, q) == 4 * 2 * 10 * 10 * 8
+
+
+def test_patch_errors_are_clear():
+    model = small_model()
+    with pytest.raises(TypeError, match="supported"):
+        lvtp_kernels.patch(torch.nn.Linear(2, 2), flops_reduction=0.3)
+    with pytest.raises(ValueError, match="exactly one"):
+        lvtp_kernels.patch(model)
+    with pytest.raises(ValueError, match="exactly one"):
+        lvtp_kernels.patch(model, flops_reduction=0.3, schedule=[(1, 0.5)])
+    with pytest.raises(ValueError, match="layer"):
+        lvtp_kernels.patch(model, schedule=[(9, 0.5)])
+    with pytest.raises(ValueError, match="keep_ratio"):
+        lvtp_kernels.patch(model, schedule=[(1, 0.0)])
+    with pytest.raises(ValueError, match="twice"):
+        lvtp_kernels.patch(model, schedule=[(1, 0.5), (1, 0.6)])
+    with pytest.raises(ValueError, match="reconstruct"):
+        lvtp_kernels.patch(model, flops_reduction=0.3, reconstruct="mean")
+    with pytest.raises(ValueError, match="reduction"):
+        lvtp_kernels.patch(model, flops_reduction=0.95)
+    assert not is_patched(model)
+
+
+def test_vit_config_rejects_unknown_arch():
+    with pytest.raises(ValueError, match="arch"):
+        vit_config("vit_xxl")
+
+
+def test_compiled_patched_model_matches_eager():
+    torch._dynamo.reset()
+    model = small_model()
+    lvtp_kernels.patch(model, schedule=[(1, 0.5), (2, 0.5)], clusters=4, iters=3)
+    x = images(2)
+    with torch.no_grad():
+        eager = model(x)
+        compiled = torch.compile(model, fullgraph=True)(x)
+    torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-4)
