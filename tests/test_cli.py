@@ -1,0 +1,61 @@
+"""The `lvtp` command line."""
+
+import json
+import subprocess
+import sys
+
+from lvtp_kernels import cli, registry
+
+
+def test_info_lists_every_op_and_backend(capsys):
+    assert cli.main(["info"]) == 0
+    out = capsys.readouterr().out
+    assert "torch" in out and "LVTP_IMPL=auto" in out
+    for op in registry.OP_NAMES:
+        assert op in out
+
+
+def test_info_json_reports_chosen_backend_and_reasons(capsys, monkeypatch):
+    monkeypatch.setenv("LVTP_IMPL", "ref")
+    assert cli.main(["info", "--json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["LVTP_IMPL"] == "ref"
+    assert [row["op"] for row in d["ops"]] == list(registry.OP_NAMES)
+    for row in d["ops"]:
+        assert row["chosen"]["cpu"] == "ref"
+        assert set(row["backends"]) == set(registry.BACKENDS)
+        assert row["backends"]["ref"].startswith("on")
+        assert all(s.startswith(("on", "off: ")) for s in row["backends"].values())
+
+
+def test_info_reports_invalid_lvtp_impl(capsys, monkeypatch):
+    monkeypatch.setenv("LVTP_IMPL", "fastest")
+    assert cli.main(["info"]) == 0
+    assert "invalid" in capsys.readouterr().out
+
+
+def test_demo_prints_stages_flops_and_time(capsys):
+    assert cli.main(["demo", "--size", "96x128", "--repeats", "1", "--reduction", "0.3"]) == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    stage_rows = [ln for ln in lines if ln[:1].isdigit()]
+    assert len(stage_rows) == 3  # stages after blocks 3, 6, 9
+    tokens_in = [int(r.split()[3]) for r in stage_rows]
+    tokens_kept = [int(r.split()[4]) for r in stage_rows]
+    assert tokens_in[0] == 6 * 8 and tokens_in[1:] == tokens_kept[:-1]
+    assert all(k < n for k, n in zip(tokens_kept, tokens_in))
+    cut = next(ln for ln in lines if ln.startswith("GFLOPs cut"))
+    achieved = float(cut.split()[2].rstrip("%")) / 100
+    assert abs(achieved - 0.3) <= 0.02
+    assert "unpruned" in out and "ms (median)" in out
+
+
+def test_demo_missing_image_is_a_clear_error(capsys, tmp_path):
+    assert cli.main(["demo", "--image", str(tmp_path / "nope.png")]) == 2
+    assert "not found" in capsys.readouterr().err
+
+
+def test_console_script_entry_point_runs():
+    res = subprocess.run([sys.executable, "-m", "lvtp_kernels", "info"], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert "tsallis_entropy" in res.stdout
