@@ -254,6 +254,8 @@ def check_gather_tokens(x, idx, values: bool) -> None:
     same_device(op, x=x, idx=idx)
     dim_equal(op, "batch", x.shape[0], idx.shape[0], "x", "idx")
     indices(op, "idx", idx, x.shape[1], unique=False, values=values)
+    if values:
+        finite(op, "x", x)
 
 
 def check_scatter_tokens(full, x, idx, values: bool) -> None:
@@ -271,3 +273,6 @@ def check_scatter_tokens(full, x, idx, values: bool) -> None:
     if idx.shape[1] > full.shape[1]:
         _fail(op, f"idx holds {idx.shape[1]} indices per row but full has only N={full.shape[1]} tokens")
     indices(op, "idx", idx, full.shape[1], unique=True, values=values)
+    if values:
+        finite(op, "full", full)
+        finite(op, "x", x)

@@ -102,12 +102,20 @@ def load_image(path: Path, size: Tuple[int, int]):
     return ((x - mean) / std)[None]
 
 
-def _median_ms(fn, repeats: int) -> float:
+def _median_ms(fn, repeats: int, device) -> float:
+    import torch
+
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
     fn()  # warm-up
+    sync()
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
         fn()
+        sync()
         times.append((time.perf_counter() - t0) * 1e3)
     return statistics.median(times)
 
@@ -125,15 +133,20 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if not image_path.is_file():
         print(f"lvtp demo: image {image_path} not found", file=sys.stderr)
         return 2
-    x = load_image(image_path, args.size).repeat(args.batch, 1, 1, 1)
-    model = build_model(args.arch, seed=0, img_size=args.size)
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        print("lvtp demo: --device cuda but torch.cuda.is_available() is False", file=sys.stderr)
+        return 2
+    x = load_image(image_path, args.size).repeat(args.batch, 1, 1, 1).to(device)
+    model = build_model(args.arch, seed=0, img_size=args.size).to(device)
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{torch.get_num_threads()} CPU threads"
     print(
         f"lvtp demo: {args.arch}/16 segmenter (random weights, seed 0) on {image_path.name} at "
-        f"{args.size[0]}x{args.size[1]}, batch {args.batch}, {torch.get_num_threads()} CPU threads"
+        f"{args.size[0]}x{args.size[1]}, batch {args.batch}, {where}"
     )
     with torch.inference_mode():
         base_logits = model(x)
-        base_ms = _median_ms(lambda: model(x), args.repeats)
+        base_ms = _median_ms(lambda: model(x), args.repeats, device)
         base_flops = vit_flops(model.vit_shape(args.size))
         base_counted = count_flops(model, x) / args.batch
 
@@ -141,7 +154,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         model._lvtp.keep_records = True
         logits = model(x)
         records = model._lvtp.last_records
-        ms = _median_ms(lambda: model(x), args.repeats)
+        ms = _median_ms(lambda: model(x), args.repeats, device)
         flops = vit_flops(model.vit_shape(args.size), model._lvtp.schedule)
         counted = count_flops(model, x) / args.batch
 
@@ -183,6 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
     p_demo.add_argument("--size", type=_parse_size, default=(240, 320), help="HxW the image is resized to")
     p_demo.add_argument("--reduction", type=float, default=0.3, help="target GFLOPs reduction (default 0.3)")
     p_demo.add_argument("--batch", type=int, default=1)
+    p_demo.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p_demo.add_argument("--repeats", type=int, default=5, help="timed runs (median reported)")
     p_demo.add_argument("--threads", type=int, default=0, help="CPU threads (default: torch's)")
     p_demo.set_defaults(func=cmd_demo)

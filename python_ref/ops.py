@@ -33,6 +33,7 @@ __all__ = [
 ]
 
 LUMA = (0.299, 0.587, 0.114)
+TIE_RTOL = 1e-12  # two_means_split: relative tolerance under which split costs are tied
 SOBEL_X = ((-1.0, 0.0, 1.0), (-2.0, 0.0, 2.0), (-1.0, 0.0, 1.0))
 
 
@@ -169,7 +170,12 @@ def two_means_split(u_sorted: Tensor) -> int:
     Scans every split s = 1..m-1 (lower group u[:s], upper group u[s:]) for the least
     total within-group sum of squares, ties to the smaller s, and returns s: the index
     where the upper (salient) group starts. A single value is salient: returns 0.
-    The sums of squares come from float64 prefix sums, SSE = sum(u^2) - sum(u)^2 / count.
+
+    The sums of squares come from float64 prefix sums, SSE = sum(u^2) - sum(u)^2 / count,
+    whose rounding error is below m * eps * sum(u^2). Costs within
+    ``TIE_RTOL * m * sum(u^2)`` of the least one count as tied (1e-12 is ~4500 eps), so
+    splits that are exactly tied (a constant cluster, symmetric values) go to the
+    smaller s whatever the summation order of the backend.
     """
     m = u_sorted.shape[0]
     if m == 1:
@@ -181,7 +187,8 @@ def two_means_split(u_sorted: Tensor) -> int:
     lo1, lo2 = s1[:-1], s2[:-1]
     hi1, hi2 = s1[-1] - lo1, s2[-1] - lo2
     cost = (lo2 - lo1 * lo1 / n_lo) + (hi2 - hi1 * hi1 / (m - n_lo))
-    return int(torch.argmin(cost)) + 1  # argmin returns the first minimum: smaller s
+    tied = cost <= cost.min() + TIE_RTOL * m * float(s2[-1])
+    return int(tied.nonzero()[0]) + 1  # the smallest tied split
 
 
 def _order_desc(values: Tensor, index: Tensor) -> Tensor:

@@ -6,7 +6,7 @@ import torch
 import lvtp_kernels
 from lvtp_kernels.flops import count_flops, vit_flops
 from lvtp_kernels.models import ViTSegmenter, build_model, is_patched, vit_config
-from lvtp_kernels.models.patch import reconstruct as fast_reconstruct
+from lvtp_kernels.models.patching import reconstruct as fast_reconstruct
 from python_ref import pipeline
 
 SIZE = (96, 128)  # 6 x 8 = 48 patch tokens

@@ -317,6 +317,25 @@ def test_identical_tokens_without_edge_lower_indices_win():
         assert cid[0].tolist() == [-1] + [0] * (n - 1)
 
 
+def test_emptied_cluster_keeps_its_centroid():
+    # 2-D features, P = 0, alpha = 0 so u = edge: u order t0 > t1 > t2 > t3, and the
+    # k = 3 initial centroids are the tokens at ranks 0, 1, 2: t0, t1 (the same direction
+    # as t0) and t2. Iteration 1: t0, t1, t3 -> cluster 0 (ties to the lower index),
+    # cluster 1 is emptied and keeps its centroid (1, 0); cluster 0 moves to about
+    # 13 degrees. Iteration 2: t0 and t1 sit exactly on cluster 1's kept centroid.
+    a = math.radians(40.0)
+    tokens = torch.tensor([[[1.0, 0.0], [2.0, 0.0], [0.0, 1.0], [math.cos(a), math.sin(a)]]])
+    ent = torch.rand(1, 4, 4, generator=torch.Generator().manual_seed(0))
+    edge = torch.tensor([[0.9, 0.8, 0.7, 0.6]], dtype=torch.float64)
+    want_cid = [1, 1, 2, 0]
+    want_keep = [0, 2, 3]  # K = 3: the three representatives t0, t2, t3
+    assert spec_select(tokens, ent, edge, 0.75, 0, 0.0, "low", 3, 10)[2].tolist() == [want_cid]
+    for fn in (torch.ops.lvtp.select, ref.select):
+        keep, prune, cid = fn(tokens, ent, edge, 0.75, 0, 0.0, "low", 3, 10)
+        assert cid.tolist() == [want_cid]
+        assert keep.tolist() == [want_keep] and prune.tolist() == [[1]]
+
+
 def test_two_means_split_hand_made():
     f = lambda v: ref.two_means_split(torch.tensor(v, dtype=torch.float64))  # noqa: E731
     assert f([0.0, 0.0, 1.0, 1.0]) == 2

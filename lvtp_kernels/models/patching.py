@@ -56,6 +56,8 @@ def reconstruct(x_final: Tensor, records: Sequence[StageRecord], mode: str, clus
     ``x_j(final) - x_j(s)`` are averaged per cluster (``clusters`` bounds the cluster ids)
     and added to the pruned tokens of the same cluster; an empty cluster adds nothing.
     """
+    if mode not in RECONSTRUCT_MODES:
+        raise ValueError(f"reconstruct: mode must be one of {RECONSTRUCT_MODES}, got {mode!r}")
     full = x_final
     for rec in reversed(records):
         x_s = rec.x_at_stage.to(full.dtype)
