@@ -41,7 +41,8 @@ def test_ops_on_cuda_match_cpu(dtype):
     torch.testing.assert_close(out_g.cpu().float(), out_c.float(), rtol=1e-2, atol=1e-2)
     torch.testing.assert_close(e_g.cpu(), e_c, rtol=1e-4, atol=1e-5)
     img = torch.rand(2, 3, 67, 95).to(dtype)
-    torch.testing.assert_close(ops.patch_edge_energy(cuda(img), 16).cpu(), ops.patch_edge_energy(img, 16))
+    # cuDNN may run the Sobel convolution in TF32
+    torch.testing.assert_close(ops.patch_edge_energy(cuda(img), 16).cpu(), ops.patch_edge_energy(img, 16), rtol=2e-3, atol=2e-3)
     # select computes in fp64: the same inputs give identical discrete outputs on both devices
     t = tokens.to(dtype)
     sel_cpu = ops.select(t, ent_cpu, edge, 0.4, 1, 0.5, "low", 8, 10)
@@ -75,7 +76,8 @@ def test_gather_scatter_on_cuda():
         torch.ops.lvtp.gather_tokens(tokens.cuda(), idx)
 
 
-def test_patched_model_on_cuda_matches_cpu():
+def test_patched_model_on_cuda_matches_cpu(monkeypatch):
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)  # fp32 convolutions on both devices
     model = build_model("vit_ti", seed=0, img_size=(240, 320))
     x = torch.randn(2, 3, 240, 320, generator=torch.Generator().manual_seed(1))
     lvtp_kernels.patch(model, flops_reduction=0.3)
@@ -86,7 +88,9 @@ def test_patched_model_on_cuda_matches_cpu():
         model.cuda()
         out = model(x.cuda())
         rec_gpu = [r.keep_idx.cpu() for r in model._lvtp.last_records]
-    # TF32 and kernel differences may move a near-tie: compare selections loosely, outputs tightly
-    same = sum(int(torch.equal(a, b)) for a, b in zip(rec_gpu, rec_cpu))
-    assert same >= 1
+    # fp32 sums in another order may move a near-tie: selections overlap, outputs agree
+    for g, c in zip(rec_gpu, rec_cpu):
+        assert g.shape == c.shape
+        for gi, ci in zip(g, c):
+            assert len(set(gi.tolist()) & set(ci.tolist())) / len(ci) > 0.9
     assert (out.argmax(1).cpu() == ref.argmax(1)).float().mean() > 0.97
