@@ -14,6 +14,6 @@ __version__ = "0.1.0"
 from . import registry  # noqa: F401  (defines torch.ops.lvtp.*)
 from . import flops  # noqa: F401  (flop formulas for FlopCounterMode)
 from .flops import schedule_for_flops  # noqa: E402
-from .models.patching import patch, unpatch  # noqa: E402
+from .models.patching import is_patched, last_records, patch, unpatch  # noqa: E402
 
-__all__ = ["patch", "unpatch", "schedule_for_flops", "registry", "flops", "__version__"]
+__all__ = ["patch", "unpatch", "is_patched", "last_records", "schedule_for_flops", "registry", "flops", "__version__"]

@@ -34,18 +34,21 @@ def _shape(t: Tensor) -> tuple:
     return tuple(t.shape)
 
 
-def tensor(op: str, name: str, t, ndim: int, layout: str, dtypes=FLOAT_DTYPES) -> Tensor:
-    """A tensor of rank ``ndim`` and an allowed dtype that does not require grad."""
+def tensor(op: str, name: str, t, ndim: int, layout: str, dtypes=FLOAT_DTYPES, nonempty: bool = True) -> Tensor:
+    """A tensor of rank ``ndim`` and an allowed dtype that does not require grad, with a
+    batch of at least one and (``nonempty``) no other empty dimension."""
     if not isinstance(t, Tensor):
         _fail(op, f"{name} must be a torch.Tensor, got {type(t).__name__}")
     if t.dim() != ndim:
         _fail(op, f"{name} must be a {ndim}-D tensor {layout}, got shape {_shape(t)}")
     if t.dtype not in dtypes:
-        kinds = "floating" if dtypes is FLOAT_DTYPES else "integer"
+        kinds = "a floating" if dtypes is FLOAT_DTYPES else "an integer"
         allowed = ", ".join(str(d).replace("torch.", "") for d in dtypes)
-        _fail(op, f"{name} must be a {kinds} tensor ({allowed}), got dtype {t.dtype}")
+        _fail(op, f"{name} must be {kinds} tensor ({allowed}), got dtype {t.dtype}")
     if t.shape[0] == 0:
         _fail(op, f"{name} has an empty batch (shape {_shape(t)}); B must be >= 1")
+    if nonempty and any(size == 0 for size in t.shape[1:]):
+        _fail(op, f"{name} has an empty dimension: shape {_shape(t)} {layout}")
     if t.requires_grad:
         _fail(op, f"{name} requires grad; lvtp ops are inference only (use torch.no_grad() or .detach())")
     return t
@@ -115,6 +118,16 @@ def positive_int(op: str, name: str, v: int, minimum: int = 1) -> None:
 def keep_ratio(op: str, v: float) -> None:
     if not (v > 0.0 and v <= 1.0):  # also rejects NaN
         _fail(op, f"keep_ratio must be in (0, 1], got {v}")
+
+
+def alpha_value(op: str, alpha: float) -> None:
+    if not (0.0 <= alpha <= 1.0):  # also rejects NaN
+        _fail(op, f"alpha must be in [0, 1], got {alpha}")
+
+
+def entropy_mode_value(op: str, mode: str) -> None:
+    if mode not in ENTROPY_MODES:
+        _fail(op, f"entropy_mode must be one of {ENTROPY_MODES}, got {mode!r}")
 
 
 def num_protected(op: str, p: int, n: int) -> None:
@@ -197,10 +210,8 @@ def check_kmeans(x, init, iters, values: bool) -> None:
 def _check_select_scalars(op: str, n: int, keep_ratio_, num_protected_, alpha, entropy_mode, clusters, iters) -> None:
     keep_ratio(op, keep_ratio_)
     num_protected(op, num_protected_, n)
-    if not (0.0 <= alpha <= 1.0):
-        _fail(op, f"alpha must be in [0, 1], got {alpha}")
-    if entropy_mode not in ENTROPY_MODES:
-        _fail(op, f"entropy_mode must be one of {ENTROPY_MODES}, got {entropy_mode!r}")
+    alpha_value(op, alpha)
+    entropy_mode_value(op, entropy_mode)
     positive_int(op, "clusters", clusters)
     positive_int(op, "iters", iters)
 
@@ -222,8 +233,6 @@ def check_select(tokens, ent, edge, keep_ratio_, num_protected_, alpha, entropy_
     same_device(op, tokens=tokens, ent=ent, edge=edge)
     if ent.shape[:2] != tokens.shape[:2]:
         _fail(op, f"ent must be (B, N, Q) with (B, N) = {_shape(tokens)[:2]} like tokens, got {_shape(ent)}")
-    if ent.shape[2] < 1:
-        _fail(op, f"ent must hold at least one order in dim 2, got {_shape(ent)}")
     _check_edge(op, edge, tokens, values)
     _check_select_scalars(op, tokens.shape[1], keep_ratio_, num_protected_, alpha, entropy_mode, clusters, iters)
     if values:
@@ -249,8 +258,8 @@ def check_prune(tokens, attn, edge, keep_ratio_, num_protected_, qs, alpha, entr
 
 def check_gather_tokens(x, idx, values: bool) -> None:
     op = "gather_tokens"
-    tensor(op, "x", x, 3, "(B, N, C)")
-    tensor(op, "idx", idx, 2, "(B, K)", INDEX_DTYPES)
+    tensor(op, "x", x, 3, "(B, N, C)", nonempty=False)
+    tensor(op, "idx", idx, 2, "(B, K)", INDEX_DTYPES, nonempty=False)
     same_device(op, x=x, idx=idx)
     dim_equal(op, "batch", x.shape[0], idx.shape[0], "x", "idx")
     indices(op, "idx", idx, x.shape[1], unique=False, values=values)
@@ -260,9 +269,9 @@ def check_gather_tokens(x, idx, values: bool) -> None:
 
 def check_scatter_tokens(full, x, idx, values: bool) -> None:
     op = "scatter_tokens"
-    tensor(op, "full", full, 3, "(B, N, C)")
-    tensor(op, "x", x, 3, "(B, K, C)")
-    tensor(op, "idx", idx, 2, "(B, K)", INDEX_DTYPES)
+    tensor(op, "full", full, 3, "(B, N, C)", nonempty=False)
+    tensor(op, "x", x, 3, "(B, K, C)", nonempty=False)
+    tensor(op, "idx", idx, 2, "(B, K)", INDEX_DTYPES, nonempty=False)
     same_device(op, full=full, x=x, idx=idx)
     if x.dtype != full.dtype:
         _fail(op, f"x dtype {x.dtype} must match full dtype {full.dtype}")

@@ -40,8 +40,12 @@ def info_dict() -> dict:
 
     triton_version, triton_note = _triton_status()
     cuda_ok = torch.cuda.is_available()
+    table = registry.backend_table()
+    forced_ops = {}
     try:
         impl = registry.requested_impl()
+        if impl != "auto":
+            forced_ops = {dev: registry.ops_with_backend(impl, dev) for dev in ("cpu", "cuda")}
     except ValueError as exc:
         impl = f"invalid ({exc})"
     return {
@@ -54,7 +58,8 @@ def info_dict() -> dict:
         "cuda_available": cuda_ok,
         "cuda_device": torch.cuda.get_device_name(0) if cuda_ok else None,
         "LVTP_IMPL": impl,
-        "ops": registry.backend_table(),
+        "forced_ops": forced_ops,
+        "ops": table,
     }
 
 
@@ -68,6 +73,9 @@ def cmd_info(args: argparse.Namespace) -> int:
     cuda = f"yes ({d['cuda_device']})" if d["cuda_available"] else "no (torch.cuda.is_available() is False)"
     print(f"CUDA: {cuda}")
     print(f"LVTP_IMPL={d['LVTP_IMPL']}  (auto | ref | triton | cpp | cuda)")
+    for dev, ops in d["forced_ops"].items():
+        note = ", ".join(ops) if ops else "none: every op keeps its automatic choice"
+        print(f"  ops with a {d['LVTP_IMPL']} backend on {dev}: {note}")
     print()
     print(f"{'op':<18} {'cpu runs':<9} {'cuda runs':<10} backends")
     for row in d["ops"]:
@@ -150,10 +158,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
         base_flops = vit_flops(model.vit_shape(args.size))
         base_counted = count_flops(model, x) / args.batch
 
-        lvtp_kernels.patch(model, flops_reduction=args.reduction, img_size=args.size)
-        model._lvtp.keep_records = True
+        lvtp_kernels.patch(model, flops_reduction=args.reduction, img_size=args.size, keep_records=True)
         logits = model(x)
-        records = model._lvtp.last_records
+        records = lvtp_kernels.last_records(model)
         ms = _median_ms(lambda: model(x), args.repeats, device)
         flops = vit_flops(model.vit_shape(args.size), model._lvtp.schedule)
         counted = count_flops(model, x) / args.batch

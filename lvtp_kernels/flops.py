@@ -14,6 +14,8 @@ from __future__ import annotations
 import torch
 from torch.utils import flop_counter as _fc
 
+from python_ref import flops as _ref_flops
+from python_ref.ops import DEFAULT_QS as _DEFAULT_QS
 from python_ref.flops import (  # noqa: F401  (re-exported)
     ViTShape,
     block_flops,
@@ -23,14 +25,21 @@ from python_ref.flops import (  # noqa: F401  (re-exported)
     kmeans_flops,
     prune_flops,
     reconstruct_flops,
-    schedule_for_flops,
     stage_token_counts,
     vit_flops,
 )
 
 from . import registry as _registry  # noqa: F401  (the lvtp ops must exist)
 
-_DEFAULT_QS = (0.5, 1.0, 2.0, 3.0)
+
+
+def schedule_for_flops(model_cfg, reduction: float, layers=None, tol: float = 0.02, img_size=None):
+    """Spec step 8: stages whose analytic FLOPs are within ``tol`` of ``(1 - reduction)``.
+
+    ``model_cfg`` is a ``ViTShape``, a ``ViTConfig`` or a model with ``vit_shape()``
+    (then ``img_size`` picks the input size, default the model's)."""
+    shape = model_cfg.vit_shape(img_size) if hasattr(model_cfg, "vit_shape") else model_cfg
+    return _ref_flops.schedule_for_flops(shape, reduction, layers, tol)
 
 
 def _register(op, formula) -> None:

@@ -18,6 +18,7 @@ under ``torch.compile(fullgraph=True)`` and pass ``torch.library.opcheck``.
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -95,8 +96,20 @@ def requested_impl() -> str:
     return impl
 
 
-def choose_backend(op: str, device_type: str) -> str:
-    """The backend that runs ``op`` on ``device_type`` under the current ``LVTP_IMPL``."""
+def ops_with_backend(backend: str, device_type: str) -> List[str]:
+    """The ops that have ``backend`` registered for ``device_type``."""
+    return [op for op in OP_NAMES if backend in _BACKENDS[op] and _BACKENDS[op][backend].runs_on(device_type)]
+
+
+_WARNED_UNUSED: set = set()
+
+
+def choose_backend(op: str, device_type: str, warn: bool = True) -> str:
+    """The backend that runs ``op`` on ``device_type`` under the current ``LVTP_IMPL``.
+
+    A forced backend runs every op that has it on that device and raises if it is
+    unavailable; ops without it keep the automatic choice. Forcing a backend that no op
+    has on that device warns once (a typo or a missing build, not a silent no-op)."""
     impl = requested_impl()
     backends = _BACKENDS[op]
     forced = backends.get(impl) if impl != "auto" else None
@@ -105,6 +118,13 @@ def choose_backend(op: str, device_type: str) -> str:
         if not ok:
             raise RuntimeError(f"lvtp.{op}: LVTP_IMPL={impl} was requested but the {impl} backend is unavailable: {why}")
         return impl
+    if warn and impl != "auto" and (impl, device_type) not in _WARNED_UNUSED and not ops_with_backend(impl, device_type):
+        _WARNED_UNUSED.add((impl, device_type))
+        warnings.warn(
+            f"LVTP_IMPL={impl}: no lvtp op has a {impl} backend for {device_type} tensors; "
+            "every op keeps its automatic choice (see `lvtp info`)",
+            stacklevel=2,
+        )
     for name in AUTO_ORDER.get(device_type, DEFAULT_AUTO_ORDER):
         b = backends.get(name)
         if b is not None and b.runs_on(device_type) and b.available()[0]:
@@ -119,7 +139,7 @@ def backend_table(device_types: Sequence[str] = ("cpu", "cuda")) -> List[dict]:
         row = {"op": op, "chosen": {}, "backends": {}}
         for dev in device_types:
             try:
-                row["chosen"][dev] = choose_backend(op, dev)
+                row["chosen"][dev] = choose_backend(op, dev, warn=False)  # a report, not a use
             except (RuntimeError, ValueError) as exc:
                 row["chosen"][dev] = f"error: {exc}"
         for name in BACKENDS:
@@ -156,11 +176,7 @@ def _fake(name: str):
 
 # The dispatcher drops trailing arguments equal to their schema default: kernels with
 # defaults in the schema carry the same defaults.
-_DEFAULT_QS = (0.5, 1.0, 2.0, 3.0)
-
-
-def _budget(n, p, keep_ratio):
-    return python_ref.ops.budget(n, p, keep_ratio)
+_DEFAULT_QS = python_ref.ops.DEFAULT_QS
 
 
 @_impl("tsallis_entropy")
@@ -225,7 +241,7 @@ def _select(tokens, ent, edge, keep_ratio, num_protected, alpha, entropy_mode, c
 
 def _select_outputs(tokens, keep_ratio, num_protected):
     b, n = tokens.shape[:2]
-    kept = num_protected + _budget(n, num_protected, keep_ratio)
+    kept = num_protected + python_ref.ops.budget(n, num_protected, keep_ratio)
     return (
         tokens.new_empty((b, kept), dtype=torch.int64),
         tokens.new_empty((b, n - kept), dtype=torch.int64),

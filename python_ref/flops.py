@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
 
 from .ops import budget
+from .pipeline import active_stages
 
 # Per-element costs of the pruning overheads (FLOPs).
 ENTROPY_FLOPS_PER_ELEMENT_PER_ORDER = 2  # p^q (or p ln p) and its accumulation
@@ -75,7 +76,7 @@ def reconstruct_flops(n_in: int, dim: int) -> float:
 
 def stage_token_counts(shape: ViTShape, schedule: Sequence[Tuple[int, float]]) -> List[int]:
     """Active tokens (protected included) seen by each block under ``schedule``."""
-    stages = {int(layer): float(r) for layer, r in schedule if float(r) < 1.0}
+    stages = active_stages(schedule, shape.depth)
     n = shape.num_patches + shape.num_protected
     counts = []
     for i in range(shape.depth):
@@ -88,7 +89,7 @@ def stage_token_counts(shape: ViTShape, schedule: Sequence[Tuple[int, float]]) -
 def vit_flops(shape: ViTShape, schedule: Sequence[Tuple[int, float]] = ()) -> float:
     """FLOPs of one image through the model under ``schedule`` (stages at 1.0 are skipped)."""
     dim, p = shape.embed_dim, shape.num_protected
-    stages = {int(layer): float(r) for layer, r in schedule if float(r) < 1.0}
+    stages = active_stages(schedule, shape.depth)
     if shape.stem_flops is not None:
         total = float(shape.stem_flops)
     else:

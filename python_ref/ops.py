@@ -33,6 +33,7 @@ __all__ = [
 ]
 
 LUMA = (0.299, 0.587, 0.114)
+DEFAULT_QS = (0.5, 1.0, 2.0, 3.0)  # the spec's default orders
 TIE_RTOL = 1e-12  # two_means_split: relative tolerance under which split costs are tied
 SOBEL_X = ((-1.0, 0.0, 1.0), (-2.0, 0.0, 2.0), (-1.0, 0.0, 1.0))
 
@@ -43,24 +44,35 @@ def _acc_dtype(t: Tensor) -> torch.dtype:
 
 # --------------------------------------------------------------------------- step 1
 def tsallis_max(n: int, q: float) -> float:
-    """Tsallis (or Shannon for q == 1) entropy of the uniform row of length ``n``."""
+    """Tsallis (or Shannon for q == 1) entropy of the uniform row of length ``n``,
+    (1 - n^(1-q)) / (q - 1)."""
     if q == 1.0:
         return math.log(n)
-    return (1.0 - n ** (1.0 - q)) / (q - 1.0)
+    return -math.expm1((1.0 - q) * math.log(n)) / (q - 1.0)
 
 
 def tsallis_entropy(attn: Tensor, qs: Sequence[float]) -> Tensor:
-    """(B, H, N, N) attention probabilities -> (B, N, len(qs)) head-mean normalised entropy."""
+    """(B, H, N, N) attention probabilities -> (B, N, len(qs)) head-mean normalised entropy.
+
+    For q != 1 the (q - 1) factors of S_q and S_q_max cancel:
+    S_q / S_q_max = (1 - sum p^q) / (1 - N^(1-q)). Both differences are evaluated without
+    cancellation, 1 - sum p^q = (1 - sum p) - sum p * expm1((q - 1) ln p) and
+    1 - N^(1-q) = -expm1((1 - q) ln N), so orders near 1 keep their precision (the row
+    deficit 1 - sum p is summed in float64 for the same reason).
+    """
     p = attn.to(_acc_dtype(attn))
     n = p.shape[-1]
+    log_p = torch.log(p)
+    deficit = (1.0 - p.sum(-1, dtype=torch.float64)).to(p.dtype)  # ~0 for a softmax row
     per_order = []
     for q in qs:
         q = float(q)
         if q == 1.0:
-            s = -torch.xlogy(p, p).sum(-1)  # 0 ln 0 = 0
+            s, s_max = -torch.xlogy(p, p).sum(-1), math.log(n)  # 0 ln 0 = 0
         else:
-            s = (1.0 - p.pow(q).sum(-1)) / (q - 1.0)
-        s_max = tsallis_max(n, q)
+            # p * (p^(q-1) - 1); p = 0 contributes 0 (0^q = 0 for q > 0)
+            t = torch.where(p > 0, p * torch.expm1((q - 1.0) * log_p), torch.zeros_like(p))
+            s, s_max = deficit - t.sum(-1), -math.expm1((1.0 - q) * math.log(n))
         s_hat = s / s_max if s_max != 0.0 else torch.zeros_like(s)  # 0/0 := 0 when N == 1
         per_order.append(s_hat.mean(dim=1))  # head mean -> (B, N)
     return torch.stack(per_order, dim=-1).to(torch.float32)
@@ -90,7 +102,7 @@ def patch_edge_energy(image: Tensor, patch: int) -> Tensor:
     gx_kernel = torch.tensor(SOBEL_X, dtype=img.dtype, device=img.device)
     kernels = torch.stack([gx_kernel, gx_kernel.t()])[:, None]  # (2, 1, 3, 3): Gx, Gy = Gx^T
     grad = torch.nn.functional.conv2d(y, kernels)  # cross-correlation, (B, 2, H, W)
-    mag = torch.sqrt(grad[:, 0] ** 2 + grad[:, 1] ** 2)  # (B, H, W)
+    mag = torch.hypot(grad[:, 0], grad[:, 1])  # sqrt(Gx^2 + Gy^2) without overflow, (B, H, W)
     h, w = height // patch, width // patch
     mag = mag[:, : h * patch, : w * patch]  # pixels past the grid are ignored
     e = mag.reshape(b, h, patch, w, patch).mean(dim=(2, 4)).reshape(b, h * w)
@@ -277,7 +289,7 @@ def prune(
     edge: Optional[Tensor] = None,
     keep_ratio: float = 0.7,
     num_protected: int = 1,
-    qs: List[float] = (0.5, 1.0, 2.0, 3.0),
+    qs: List[float] = DEFAULT_QS,
     alpha: float = 0.5,
     entropy_mode: str = "low",
     clusters: int = 8,

@@ -9,7 +9,8 @@ any blocks: a block is a callable ``x -> x`` and ``block_with_attn(block, x)`` r
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, List, Optional, Sequence, Tuple
+import math
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
@@ -17,6 +18,31 @@ from torch import Tensor
 from . import ops
 
 RECONSTRUCT_MODES = ("residual", "frozen")
+
+
+def active_stages(schedule: Sequence[Tuple[int, float]], depth: int) -> Dict[int, float]:
+    """Check a schedule of (layer, keep_ratio) pairs for a model of ``depth`` blocks and
+    return ``{layer: keep_ratio}`` of the stages that prune (keep_ratio < 1.0 is a stage;
+    1.0 is skipped). Raises ValueError for a malformed pair, a layer outside
+    [0, depth - 1] or named twice, or a keep_ratio outside (0, 1]."""
+    stages: Dict[int, float] = {}
+    seen = set()
+    for item in schedule:
+        try:
+            layer, ratio = item
+            layer, ratio = int(layer), float(ratio)
+        except (TypeError, ValueError):
+            raise ValueError(f"schedule entries must be (layer, keep_ratio) pairs, got {item!r}") from None
+        if not 0 <= layer < depth:
+            raise ValueError(f"schedule layer must be in [0, {depth - 1}], got {layer}")
+        if layer in seen:
+            raise ValueError(f"schedule names layer {layer} twice")
+        if math.isnan(ratio) or not 0.0 < ratio <= 1.0:
+            raise ValueError(f"schedule keep_ratio must be in (0, 1], got {ratio} at layer {layer}")
+        seen.add(layer)
+        if ratio < 1.0:
+            stages[layer] = ratio
+    return dict(sorted(stages.items()))
 
 
 @dataclass
@@ -76,7 +102,7 @@ def progressive_forward(
     the tokens. A stage whose keep_ratio is 1.0 is skipped. Returns the rebuilt
     (B, N0, C) map (before the final norm) and the stage records.
     """
-    stages = {int(layer): float(ratio) for layer, ratio in schedule if float(ratio) < 1.0}
+    stages = active_stages(schedule, len(blocks))
     records: List[StageRecord] = []
     for i, blk in enumerate(blocks):
         if i not in stages:

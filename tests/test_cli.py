@@ -59,3 +59,41 @@ def test_console_script_entry_point_runs():
     res = subprocess.run([sys.executable, "-m", "lvtp_kernels", "info"], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
     assert "tsallis_entropy" in res.stdout
+
+
+def test_info_says_when_a_forced_backend_exists_for_no_op(capsys, monkeypatch):
+    monkeypatch.setenv("LVTP_IMPL", "cuda")
+    assert cli.main(["info"]) == 0
+    assert "ops with a cuda backend on cpu: none" in capsys.readouterr().out
+
+
+def test_forcing_a_backend_no_op_has_warns_once(monkeypatch):
+    import warnings
+
+    import pytest
+    import torch
+
+    monkeypatch.setenv("LVTP_IMPL", "cpp")
+    monkeypatch.setattr(registry, "_WARNED_UNUSED", set())
+    registry.backend_table()  # a report does not use up the warning
+    x, idx = torch.randn(1, 3, 2), torch.tensor([[0]])
+    with pytest.warns(UserWarning, match="no lvtp op has a cpp backend"):
+        torch.ops.lvtp.gather_tokens(x, idx)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        torch.ops.lvtp.gather_tokens(x, idx)  # once is enough
+
+
+def test_lvtp_console_script_is_installed():
+    import shutil
+    from pathlib import Path
+
+    exe = Path(sys.executable).parent / "lvtp"
+    exe = str(exe) if exe.exists() else shutil.which("lvtp")
+    if exe is None:
+        import pytest
+
+        pytest.skip("the lvtp console script is not installed (package not pip-installed)")
+    res = subprocess.run([exe, "info", "--json"], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout)["lvtp_kernels"]

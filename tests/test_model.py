@@ -105,7 +105,7 @@ def test_repatch_replaces_settings():
     model = small_model()
     lvtp_kernels.patch(model, schedule=[(1, 0.5)])
     lvtp_kernels.patch(model, schedule=[(2, 0.25)], clusters=2)
-    assert model._lvtp.schedule == [(2, 0.25)] and model._lvtp.clusters == 2
+    assert model._lvtp.schedule == [(2, 0.25)] and model._lvtp.stages == {2: 0.25} and model._lvtp.clusters == 2
     assert type(model).__mro__[1] is not type(model)  # patched once, not twice
     assert sum(c.__name__.startswith("LVTP") for c in type(model).__mro__) == 1
 
@@ -136,10 +136,9 @@ def test_patched_model_matches_reference_pipeline(mode):
     x = images(3)
     with torch.no_grad():
         ref, ref_records = _reference_forward(model, x, schedule, reconstruct_mode=mode, clusters=4, iters=5)
-        lvtp_kernels.patch(model, schedule=schedule, clusters=4, iters=5, reconstruct=mode)
-        model._lvtp.keep_records = True
+        lvtp_kernels.patch(model, schedule=schedule, clusters=4, iters=5, reconstruct=mode, keep_records=True)
         out = model(x)
-    records = model._lvtp.last_records
+    records = lvtp_kernels.last_records(model)
     assert [r.layer for r in records] == [1, 3]
     for a, b in zip(records, ref_records):
         assert torch.equal(a.keep_idx, b.keep_idx)
@@ -169,23 +168,51 @@ def test_fast_reconstruct_matches_reference_on_random_records():
 
 def test_token_counts_per_stage():
     model = small_model(depth=6)
-    lvtp_kernels.patch(model, schedule=[(1, 0.5), (3, 0.5)])
-    model._lvtp.keep_records = True
+    lvtp_kernels.patch(model, schedule=[(1, 0.5), (3, 0.5)], keep_records=True)
     with torch.no_grad():
         model(images(1))
     n0 = 48
     k1 = max(1, int(0.5 * n0 + 0.5))
     k2 = max(1, int(0.5 * k1 + 0.5))
-    recs = model._lvtp.last_records
+    recs = lvtp_kernels.last_records(model)
     assert [r.x_at_stage.shape[1] for r in recs] == [1 + n0, 1 + k1]
     assert [r.keep_idx.shape[1] for r in recs] == [1 + k1, 1 + k2]
 
 
-def test_patched_model_runs_with_grad_enabled():
+def test_patched_model_with_grad_enabled_warns_and_runs():
     model = small_model()
     lvtp_kernels.patch(model, flops_reduction=0.3)
-    out = model(images(1))  # parameters require grad; the pruned blocks run under no_grad
+    with pytest.warns(UserWarning, match="without gradients"):
+        out = model(images(1))  # parameters require grad; the pruned blocks run under no_grad
     assert out.shape == (1, 11, *SIZE) and torch.isfinite(out).all()
+
+
+def test_last_records_needs_keep_records():
+    model = small_model()
+    with pytest.raises(ValueError, match="not patched"):
+        lvtp_kernels.last_records(model)
+    lvtp_kernels.patch(model, schedule=[(1, 0.5)])
+    with pytest.raises(ValueError, match="keep_records"):
+        lvtp_kernels.last_records(model)
+
+
+def test_patched_model_pickles(tmp_path):
+    model = small_model()
+    lvtp_kernels.patch(model, schedule=[(1, 0.5), (2, 0.5)])
+    x = images(1)
+    torch.save(model, tmp_path / "m.pt")
+    loaded = torch.load(tmp_path / "m.pt", weights_only=False)
+    assert is_patched(loaded) and loaded._lvtp.stages == {1: 0.5, 2: 0.5}
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))
+
+
+def test_schedule_for_flops_takes_model_config_or_model():
+    model = small_model(depth=8)
+    by_cfg = lvtp_kernels.schedule_for_flops(model.cfg, 0.3)
+    by_model = lvtp_kernels.schedule_for_flops(model, 0.3)
+    by_shape = lvtp_kernels.schedule_for_flops(model.vit_shape(), 0.3)
+    assert by_cfg == by_model == by_shape and [layer for layer, _ in by_cfg] == [2, 4, 6]
 
 
 @pytest.mark.parametrize("reduction", [None, 0.2, 0.3, 0.45])
@@ -228,6 +255,14 @@ def test_patch_errors_are_clear():
         lvtp_kernels.patch(model, flops_reduction=0.3, reconstruct="mean")
     with pytest.raises(ValueError, match="reduction"):
         lvtp_kernels.patch(model, flops_reduction=0.95)
+    with pytest.raises(ValueError, match="layers="):
+        lvtp_kernels.patch(model, schedule=[(1, 0.5)], layers=[1])
+    with pytest.raises(ValueError, match="alpha"):
+        lvtp_kernels.patch(model, flops_reduction=0.3, alpha=1.5)
+    with pytest.raises(ValueError, match="entropy_mode"):
+        lvtp_kernels.patch(model, flops_reduction=0.3, entropy_mode="mid")
+    with pytest.raises(ValueError, match="qs"):
+        lvtp_kernels.patch(model, flops_reduction=0.3, qs=[])
     assert not is_patched(model)
 
 

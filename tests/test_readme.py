@@ -1,6 +1,7 @@
 """The README's quick start runs as written, and its two commands are the ones CI uses."""
 
 import re
+import warnings
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -10,7 +11,9 @@ README = (ROOT / "README.md").read_text()
 def test_quick_start_runs():
     block = re.search(r"## Quick start\s+```python\n(.*?)```", README, re.S).group(1)
     scope = {}
-    exec(compile(block, "README quick start", "exec"), scope)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the quick start must run clean
+        exec(compile(block, "README quick start", "exec"), scope)
     assert tuple(scope["logits"].shape) == (1, 11, 240, 320)
     assert scope["model"]._lvtp.schedule  # the model really is patched
 

@@ -14,6 +14,8 @@ forward runs under ``torch.no_grad()`` (the lvtp ops take no gradients).
 
 from __future__ import annotations
 
+import sys
+import warnings
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -21,7 +23,8 @@ import torch
 from torch import Tensor, nn
 
 from python_ref.flops import schedule_for_flops
-from python_ref.pipeline import RECONSTRUCT_MODES, StageRecord
+from python_ref.ops import DEFAULT_QS
+from python_ref.pipeline import RECONSTRUCT_MODES, StageRecord, active_stages
 
 from .. import _validate as V
 from .vit import ViTSegmenter
@@ -33,28 +36,26 @@ SUPPORTED = (ViTSegmenter,)
 class LVTPState:
     """Everything a patched model's forward needs, shared by all its stages."""
 
-    schedule: List[Tuple[int, float]]
-    qs: Tuple[float, ...] = (0.5, 1.0, 2.0, 3.0)
+    schedule: List[Tuple[int, float]]  # as given, sorted by layer
+    stages: Dict[int, float]  # the stages that prune (keep_ratio < 1.0)
+    qs: Tuple[float, ...] = DEFAULT_QS
     alpha: float = 0.5
     entropy_mode: str = "low"
     clusters: int = 8
     iters: int = 10
     use_edge: bool = True
     reconstruct: str = "residual"
-    keep_records: bool = False  # keep the last forward's stage records (for demos / viz)
+    keep_records: bool = False  # keep the last forward's stage records (see last_records)
     last_records: List[StageRecord] = field(default_factory=list)
-
-    @property
-    def stages(self) -> Dict[int, float]:
-        return {layer: r for layer, r in self.schedule if r < 1.0}
 
 
 def reconstruct(x_final: Tensor, records: Sequence[StageRecord], mode: str, clusters: int) -> Tensor:
     """Spec step 7, vectorised over the batch (python_ref.pipeline.reconstruct is the reference).
 
     Per stage, from the last to the first: the kept tokens' residuals
-    ``x_j(final) - x_j(s)`` are averaged per cluster (``clusters`` bounds the cluster ids)
-    and added to the pruned tokens of the same cluster; an empty cluster adds nothing.
+    ``x_j(final) - x_j(s)`` are averaged per cluster in fp32 or wider (``clusters`` bounds the
+    cluster ids) and added to the pruned tokens of the same cluster; a cluster without a
+    kept token adds nothing (frozen).
     """
     if mode not in RECONSTRUCT_MODES:
         raise ValueError(f"reconstruct: mode must be one of {RECONSTRUCT_MODES}, got {mode!r}")
@@ -64,14 +65,15 @@ def reconstruct(x_final: Tensor, records: Sequence[StageRecord], mode: str, clus
         pruned = torch.ops.lvtp.gather_tokens(x_s, rec.prune_idx)
         if mode == "residual":
             b, _, c = full.shape
-            delta = full - torch.ops.lvtp.gather_tokens(x_s, rec.keep_idx)
+            acc = torch.promote_types(full.dtype, torch.float32)  # fp32 (fp64 stays fp64)
+            delta = (full - torch.ops.lvtp.gather_tokens(x_s, rec.keep_idx)).to(acc)
             cid_kept = rec.cluster_id.gather(1, rec.keep_idx).long()
             slot = torch.where(cid_kept >= 0, cid_kept, clusters)  # protected tokens: a spare slot
-            sums = full.new_zeros(b, clusters + 1, c).scatter_add_(1, slot[..., None].expand(-1, -1, c), delta)
-            counts = full.new_zeros(b, clusters + 1).scatter_add_(1, slot, torch.ones_like(delta[..., 0]))
+            sums = delta.new_zeros(b, clusters + 1, c).scatter_add_(1, slot[..., None].expand(-1, -1, c), delta)
+            counts = delta.new_zeros(b, clusters + 1).scatter_add_(1, slot, torch.ones_like(delta[..., 0]))
             mean = sums / counts.clamp_min(1.0)[..., None]
             cid_pruned = rec.cluster_id.gather(1, rec.prune_idx).long()
-            pruned = pruned + mean.gather(1, cid_pruned[..., None].expand(-1, -1, c))
+            pruned = (pruned.to(acc) + mean.gather(1, cid_pruned[..., None].expand(-1, -1, c))).to(full.dtype)
         rebuilt = torch.ops.lvtp.scatter_tokens(torch.zeros_like(x_s), full, rec.keep_idx)
         full = torch.ops.lvtp.scatter_tokens(rebuilt, pruned, rec.prune_idx)
     return full
@@ -84,13 +86,18 @@ class _LVTPMixin:
 
     def forward_blocks(self, x: Tensor, image: Tensor) -> Tensor:
         st = self._lvtp
-        stages = st.stages
-        if not stages:
+        if not st.stages:
             return super().forward_blocks(x, image)
-        with torch.no_grad():  # inference only: the lvtp ops take no gradients
-            return self._pruned_blocks(x, image, st, stages)
+        if torch.is_grad_enabled() and x.requires_grad:
+            warnings.warn(
+                "an LVTP-patched model runs its pruned blocks without gradients (inference only); "
+                "call it under torch.no_grad() or torch.inference_mode()",
+                stacklevel=3,
+            )
+        with torch.no_grad():  # the lvtp ops take no gradients
+            return self._pruned_blocks(x, image, st)
 
-    def _pruned_blocks(self, x: Tensor, image: Tensor, st: LVTPState, stages: Dict[int, float]) -> Tensor:
+    def _pruned_blocks(self, x: Tensor, image: Tensor, st: LVTPState) -> Tensor:
         p = self.num_prefix_tokens
         edge: Optional[Tensor] = None
         if st.use_edge:
@@ -98,12 +105,12 @@ class _LVTPMixin:
             edge = torch.cat([e.new_zeros(e.shape[0], p), e], dim=1)
         records: List[StageRecord] = []
         for i, blk in enumerate(self.blocks):
-            if i not in stages:
+            if i not in st.stages:
                 x = blk(x)
                 continue
             x, attn = blk(x, return_attn=True)
             kept, keep_idx, prune_idx, cluster_id = torch.ops.lvtp.prune(
-                x, attn, edge, stages[i], p, list(st.qs), st.alpha, st.entropy_mode, st.clusters, st.iters
+                x, attn, edge, st.stages[i], p, list(st.qs), st.alpha, st.entropy_mode, st.clusters, st.iters
             )
             records.append(StageRecord(i, x, keep_idx, prune_idx, cluster_id))
             x = kept
@@ -118,31 +125,34 @@ _PATCHED_CLASSES: Dict[type, type] = {}
 
 
 def _patched_class(cls: type) -> type:
+    """``LVTP<cls>``, made once per class and published in this module so that pickle
+    (``torch.save`` of a whole patched model) finds it by name."""
     if cls not in _PATCHED_CLASSES:
-        _PATCHED_CLASSES[cls] = type(f"LVTP{cls.__name__}", (_LVTPMixin, cls), {"_lvtp_original_class": cls})
+        name = f"LVTP{cls.__name__}"
+        if cls is not ViTSegmenter:
+            name = f"LVTP_{cls.__module__.replace('.', '_')}_{cls.__qualname__.replace('.', '_')}"
+        patched = type(name, (_LVTPMixin, cls), {"_lvtp_original_class": cls, "__module__": __name__})
+        patched.__qualname__ = name
+        setattr(sys.modules[__name__], name, patched)
+        _PATCHED_CLASSES[cls] = patched
     return _PATCHED_CLASSES[cls]
+
+
+LVTPViTSegmenter = _patched_class(ViTSegmenter)
 
 
 def is_patched(model: nn.Module) -> bool:
     return isinstance(model, _LVTPMixin)
 
 
-def _check_schedule(schedule, depth: int) -> List[Tuple[int, float]]:
-    out, seen = [], set()
-    for item in schedule:
-        try:
-            layer, ratio = item
-        except (TypeError, ValueError):
-            raise ValueError(f"patch: schedule entries must be (layer, keep_ratio) pairs, got {item!r}") from None
-        layer, ratio = int(layer), float(ratio)
-        if not 0 <= layer < depth:
-            raise ValueError(f"patch: schedule layer must be in [0, {depth - 1}], got {layer}")
-        if layer in seen:
-            raise ValueError(f"patch: schedule names layer {layer} twice")
-        V.keep_ratio("patch", ratio)
-        seen.add(layer)
-        out.append((layer, ratio))
-    return sorted(out)
+def last_records(model: nn.Module) -> List[StageRecord]:
+    """The stage records of the last forward of a model patched with ``keep_records=True``:
+    per stage its layer, the active features, keep_idx, prune_idx and cluster_id."""
+    if not is_patched(model):
+        raise ValueError("last_records: the model is not patched")
+    if not model._lvtp.keep_records:
+        raise ValueError("last_records: patch the model with keep_records=True first")
+    return model._lvtp.last_records
 
 
 def patch(
@@ -150,7 +160,7 @@ def patch(
     flops_reduction: Optional[float] = None,
     schedule: Optional[Sequence[Tuple[int, float]]] = None,
     *,
-    qs: Sequence[float] = (0.5, 1.0, 2.0, 3.0),
+    qs: Sequence[float] = DEFAULT_QS,
     alpha: float = 0.5,
     entropy_mode: str = "low",
     clusters: int = 8,
@@ -159,12 +169,14 @@ def patch(
     reconstruct: str = "residual",
     layers: Optional[Sequence[int]] = None,
     img_size: Optional[Tuple[int, int]] = None,
+    keep_records: bool = False,
 ) -> nn.Module:
     """Patch ``model`` in place for LVTP and return it.
 
     Give either ``flops_reduction`` (a schedule is solved with ``schedule_for_flops`` for
     images of ``img_size``, default the model's, with stages after ``layers``, default
     depth * {1/4, 1/2, 3/4}) or an explicit ``schedule`` of (layer, keep_ratio) pairs.
+    ``keep_records=True`` keeps the last forward's stage records (``last_records``).
     Patching a patched model replaces its settings.
     """
     if not isinstance(model, SUPPORTED):
@@ -172,22 +184,27 @@ def patch(
         raise TypeError(f"patch: unsupported model {type(model).__name__}; supported: {names}")
     if (flops_reduction is None) == (schedule is None):
         raise ValueError("patch: give exactly one of flops_reduction= or schedule=")
+    if schedule is not None and (layers is not None or img_size is not None):
+        raise ValueError("patch: layers= and img_size= shape a solved schedule; they do not apply with schedule=")
     V.qs_list("patch", qs)
-    if entropy_mode not in V.ENTROPY_MODES:
-        raise ValueError(f"patch: entropy_mode must be one of {V.ENTROPY_MODES}, got {entropy_mode!r}")
-    if reconstruct not in RECONSTRUCT_MODES:
-        raise ValueError(f"patch: reconstruct must be one of {RECONSTRUCT_MODES}, got {reconstruct!r}")
-    if not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"patch: alpha must be in [0, 1], got {alpha}")
+    V.alpha_value("patch", alpha)
+    V.entropy_mode_value("patch", entropy_mode)
     V.positive_int("patch", "clusters", clusters)
     V.positive_int("patch", "iters", iters)
+    if reconstruct not in RECONSTRUCT_MODES:
+        raise ValueError(f"patch: reconstruct must be one of {RECONSTRUCT_MODES}, got {reconstruct!r}")
     if flops_reduction is not None:
         shape = model.vit_shape(
             img_size, num_orders=len(qs), clusters=clusters, iters=iters, use_edge=use_edge, reconstruct=reconstruct
         )
         schedule = schedule_for_flops(shape, float(flops_reduction), layers)
-    state = LVTPState(
-        schedule=_check_schedule(schedule, len(model.blocks)),
+    try:
+        stages = active_stages(schedule, len(model.blocks))
+    except ValueError as exc:
+        raise ValueError(f"patch: {exc}") from None
+    model._lvtp = LVTPState(
+        schedule=sorted((int(layer), float(r)) for layer, r in schedule),
+        stages=stages,
         qs=tuple(float(q) for q in qs),
         alpha=float(alpha),
         entropy_mode=entropy_mode,
@@ -195,8 +212,8 @@ def patch(
         iters=int(iters),
         use_edge=bool(use_edge),
         reconstruct=reconstruct,
+        keep_records=bool(keep_records),
     )
-    model._lvtp = state
     if not is_patched(model):
         model.__class__ = _patched_class(model.__class__)
     return model

@@ -48,6 +48,28 @@ class ViTConfig:
     def grid(self) -> Tuple[int, int]:
         return self.img_size[0] // self.patch_size, self.img_size[1] // self.patch_size
 
+    @property
+    def num_prefix_tokens(self) -> int:
+        return 1 if self.class_token else 0
+
+    def vit_shape(self, img_size: Optional[Tuple[int, int]] = None, **cost_options) -> ViTShape:
+        """The cost-model description of this model on images of ``img_size`` (default its own)."""
+        h, w = img_size or self.img_size
+        p = self.patch_size
+        return ViTShape(
+            depth=self.depth,
+            embed_dim=self.embed_dim,
+            num_heads=self.num_heads,
+            num_patches=(h // p) * (w // p),
+            mlp_ratio=self.mlp_ratio,
+            num_protected=self.num_prefix_tokens,
+            patch_size=p,
+            in_chans=self.in_chans,
+            num_classes=self.num_classes,
+            image_hw=(h, w),
+            **cost_options,
+        )
+
 
 def vit_config(arch: str = "vit_ti", **overrides) -> ViTConfig:
     """A preset (``vit_ti``, ``vit_s``, ``vit_b``, ``vit_l``) with /16 patches, with overrides."""
@@ -131,13 +153,15 @@ class LinearDecoder(nn.Module):
 
 
 def resample_pos_embed(pos: Tensor, old_grid: Tuple[int, int], new_grid: Tuple[int, int], num_prefix: int) -> Tensor:
-    """Bicubic resampling of the patch part of an absolute position embedding (1, P+h*w, C)."""
+    """Bicubic resampling of the patch part of an absolute position embedding (1, P+h*w, C),
+    antialiased as timm's ``resample_abs_pos_embed`` does."""
     if tuple(old_grid) == tuple(new_grid):
         return pos
     prefix, grid_pos = pos[:, :num_prefix], pos[:, num_prefix:]
     c = pos.shape[-1]
     grid_pos = grid_pos.reshape(1, old_grid[0], old_grid[1], c).permute(0, 3, 1, 2)
-    grid_pos = F.interpolate(grid_pos.float(), size=new_grid, mode="bicubic", align_corners=False).to(pos.dtype)
+    grid_pos = F.interpolate(grid_pos.float(), size=new_grid, mode="bicubic", antialias=True, align_corners=False)
+    grid_pos = grid_pos.to(pos.dtype)
     return torch.cat([prefix, grid_pos.permute(0, 2, 3, 1).reshape(1, -1, c)], dim=1)
 
 
@@ -148,7 +172,7 @@ class ViTSegmenter(nn.Module):
         super().__init__()
         self.cfg = cfg
         dim = cfg.embed_dim
-        self.num_prefix_tokens = 1 if cfg.class_token else 0
+        self.num_prefix_tokens = cfg.num_prefix_tokens
         self.patch_embed = PatchEmbed(cfg.patch_size, cfg.in_chans, dim)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim)) if cfg.class_token else None
         gh, gw = cfg.grid
@@ -196,27 +220,14 @@ class ViTSegmenter(nn.Module):
 
     # ------------------------------------------------------------------ helpers
     def vit_shape(self, img_size: Optional[Tuple[int, int]] = None, **cost_options) -> ViTShape:
-        """The cost-model description of this model on images of ``img_size``."""
-        cfg = self.cfg
-        h, w = img_size or cfg.img_size
-        p = cfg.patch_size
-        return ViTShape(
-            depth=cfg.depth,
-            embed_dim=cfg.embed_dim,
-            num_heads=cfg.num_heads,
-            num_patches=(h // p) * (w // p),
-            mlp_ratio=cfg.mlp_ratio,
-            num_protected=self.num_prefix_tokens,
-            patch_size=p,
-            in_chans=cfg.in_chans,
-            num_classes=cfg.num_classes,
-            image_hw=(h, w),
-            **cost_options,
-        )
+        """The cost-model description of this model on images of ``img_size`` (default its own)."""
+        return self.cfg.vit_shape(img_size, **cost_options)
 
     def load_timm_state_dict(self, state_dict: Dict[str, Tensor], strict: bool = True):
         """Load a timm ``VisionTransformer`` state dict (its classifier ``head`` is dropped;
         the position embedding is resampled when its grid differs)."""
+        if "reg_token" in state_dict:
+            raise ValueError("load_timm_state_dict: register tokens (reg_token) are not supported by ViTSegmenter")
         sd = {k: v for k, v in state_dict.items() if not k.startswith(("head.", "fc_norm.", "norm_pre."))}
         if "pos_embed" in sd and sd["pos_embed"].shape != self.pos_embed.shape:
             n_old = sd["pos_embed"].shape[1] - self.num_prefix_tokens
