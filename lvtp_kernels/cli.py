@@ -97,6 +97,26 @@ def _parse_size(text: str) -> Tuple[int, int]:
     return h, w
 
 
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
+    return v
+
+
+def _reduction(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1), got {text!r}") from None
+    if not 0.0 <= v < 1.0:
+        raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1), got {v}")
+    return v
+
+
 def load_image(path: Path, size: Tuple[int, int]):
     """An RGB image file as a (1, 3, H, W) float tensor, ImageNet-normalised."""
     import numpy as np
@@ -158,7 +178,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
         base_flops = vit_flops(model.vit_shape(args.size))
         base_counted = count_flops(model, x) / args.batch
 
-        lvtp_kernels.patch(model, flops_reduction=args.reduction, img_size=args.size, keep_records=True)
+        try:
+            lvtp_kernels.patch(model, flops_reduction=args.reduction, img_size=args.size, keep_records=True)
+        except ValueError as exc:
+            print(f"lvtp demo: {exc}", file=sys.stderr)
+            return 2
         logits = model(x)
         records = lvtp_kernels.last_records(model)
         ms = _median_ms(lambda: model(x), args.repeats, device)
@@ -201,11 +225,11 @@ def build_parser() -> argparse.ArgumentParser:
     p_demo.add_argument("--image", help="an RGB image file (default: a bundled CamVid val photo)")
     p_demo.add_argument("--arch", default="vit_ti", choices=["vit_ti", "vit_s", "vit_b", "vit_l"])
     p_demo.add_argument("--size", type=_parse_size, default=(240, 320), help="HxW the image is resized to")
-    p_demo.add_argument("--reduction", type=float, default=0.3, help="target GFLOPs reduction (default 0.3)")
-    p_demo.add_argument("--batch", type=int, default=1)
+    p_demo.add_argument("--reduction", type=_reduction, default=0.3, help="target GFLOPs reduction (default 0.3)")
+    p_demo.add_argument("--batch", type=_positive_int, default=1)
     p_demo.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    p_demo.add_argument("--repeats", type=int, default=5, help="timed runs (median reported)")
-    p_demo.add_argument("--threads", type=int, default=0, help="CPU threads (default: torch's)")
+    p_demo.add_argument("--repeats", type=_positive_int, default=5, help="timed runs (median reported)")
+    p_demo.add_argument("--threads", type=_positive_int, default=None, help="CPU threads (default: torch's)")
     p_demo.set_defaults(func=cmd_demo)
     return parser
 

@@ -239,9 +239,15 @@ def _select(tokens, ent, edge, keep_ratio, num_protected, alpha, entropy_mode, c
     return _run("select", tokens.device, *args)
 
 
+def _budget(n, num_protected: int, keep_ratio: float):
+    """python_ref.ops.budget written with sym ops, so that a symbolic N (dynamic shapes)
+    stays symbolic: truncation is floor here since keep_ratio * (N - P) + 0.5 > 0."""
+    return torch.sym_max(1, torch.sym_int(keep_ratio * (n - num_protected) + 0.5))
+
+
 def _select_outputs(tokens, keep_ratio, num_protected):
     b, n = tokens.shape[:2]
-    kept = num_protected + python_ref.ops.budget(n, num_protected, keep_ratio)
+    kept = num_protected + _budget(n, num_protected, keep_ratio)
     return (
         tokens.new_empty((b, kept), dtype=torch.int64),
         tokens.new_empty((b, n - kept), dtype=torch.int64),

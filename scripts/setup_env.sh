@@ -11,7 +11,7 @@ if [ ! -x "$VENV/bin/python" ]; then
   "$PYTHON" -m venv "$VENV"
 fi
 PIP=("$VENV/bin/python" -m pip --disable-pip-version-check -q)
-"${PIP[@]}" install --upgrade pip "setuptools>=64" wheel
+"${PIP[@]}" install --upgrade pip "setuptools>=77" wheel
 # torch is pinned: 2.13.0 is the CPU build that installs from local disk here (an
 # unpinned torch pulls a multi-GB CUDA build). Triton 3.6 is the GPU image's version.
 "${PIP[@]}" install -r requirements-dev.txt

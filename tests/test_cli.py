@@ -97,3 +97,16 @@ def test_lvtp_console_script_is_installed():
     res = subprocess.run([exe, "info", "--json"], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
     assert json.loads(res.stdout)["lvtp_kernels"]
+
+
+def test_demo_rejects_bad_arguments_without_a_traceback(capsys):
+    import pytest
+
+    for argv in (["--batch", "0"], ["--reduction", "1.2"], ["--repeats", "x"], ["--size", "8x8"]):
+        with pytest.raises(SystemExit) as exc:
+            cli.main(["demo", *argv])
+        assert exc.value.code == 2
+        assert "error: argument" in capsys.readouterr().err
+    # reachable by argparse, out of reach for the schedule solver: a clear message, exit 2
+    assert cli.main(["demo", "--reduction", "0.9", "--size", "64x64", "--repeats", "1"]) == 2
+    assert "out of reach" in capsys.readouterr().err

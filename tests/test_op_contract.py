@@ -983,3 +983,38 @@ def test_register_backend_rejects_unknown_names(restore_backends):
         registry.register_backend("softmax", "ref", python_ref.gather_tokens)
     with pytest.raises(ValueError, match="backend"):
         registry.register_backend("gather_tokens", "numba", python_ref.gather_tokens)
+
+
+def test_dynamic_shapes_do_not_specialise_on_n():
+    """The fake kernels keep the select/prune budget symbolic: one graph serves every N."""
+    torch._dynamo.reset()
+    graphs = []
+
+    def backend(gm, example_inputs):
+        graphs.append(gm)
+        return gm
+
+    f = torch.compile(lambda t, a: ops.prune(t, a, None, 0.5, 1)[1], backend=backend, dynamic=True, fullgraph=True)
+    for n in (20, 31, 47):
+        t = torch.randn(2, n, 8)
+        a = torch.softmax(torch.randn(2, 2, n, n), -1)
+        out = f(t, a)
+        assert torch.equal(out, ops.prune(t, a, None, 0.5, 1)[1])
+    assert len(graphs) == 1
+
+
+@pytest.mark.parametrize(
+    "call, name",
+    [
+        (lambda: ops.tsallis_entropy(torch.zeros(1, 0, 5, 5), [1.0]), "attn"),
+        (lambda: ops.tsallis_entropy(torch.zeros(1, 2, 0, 0), [1.0]), "attn"),
+        (lambda: ops.prune(torch.randn(1, 5, 3), torch.zeros(1, 0, 5, 5)), "attn"),
+        (lambda: ops.prune(torch.randn(1, 5, 0), torch.full((1, 1, 5, 5), 0.2)), "tokens"),
+        (lambda: ops.attention_entropy(*(torch.randn(1, 1, 0, 4) for _ in range(3)), [1.0], 0.5), "q"),
+        (lambda: ops.kmeans(torch.randn(1, 4, 0), torch.randn(1, 2, 0), 1), "x"),
+        (lambda: ops.select(torch.randn(1, 4, 3), torch.rand(1, 4, 0), None, 0.5, 1, 0.5, "low", 2, 1), "ent"),
+    ],
+)
+def test_empty_dimensions_are_rejected_by_name(call, name):
+    with pytest.raises(ValueError, match=rf"\b{name}\b.*empty dimension"):
+        call()

@@ -687,3 +687,26 @@ def test_scatter_then_gather_roundtrip():
         torch.ops.lvtp.scatter_tokens(torch.ops.lvtp.scatter_tokens(torch.zeros_like(full), kept, keep), rest, drop),
         rebuilt,
     )
+
+
+@pytest.mark.parametrize("q", [1 + 1e-6, 1 - 1e-6, 1 + 1e-4, 1 - 1e-4])
+def test_tsallis_entropy_orders_near_one_keep_their_precision(q):
+    """(1 - sum p^q) / (q - 1) cancels catastrophically near q = 1 in fp32; the reference
+    must still match the literal formula evaluated in fp64 on the same fp32 probabilities."""
+    g = torch.Generator().manual_seed(11)
+    attn = torch.softmax(torch.randn(2, 3, 197, 197, generator=g) * 3, -1)
+    p = attn.double().numpy()
+    n = p.shape[-1]
+    s = (1.0 - (p**q).sum(-1)) / (q - 1.0)
+    s_max = (1.0 - n ** (1.0 - q)) / (q - 1.0)
+    want = (s / s_max).mean(1)
+    got = ref.tsallis_entropy(attn, [q])[..., 0].double().numpy()
+    assert np.abs(got - want).max() < 1e-5
+
+
+def test_patch_edge_energy_huge_finite_image_does_not_overflow():
+    img = torch.rand(1, 3, 8, 8, generator=torch.Generator().manual_seed(0)) * 1e20
+    got = ref.patch_edge_energy(img, 4)
+    want = ref.patch_edge_energy(img.double(), 4)
+    assert torch.isfinite(got).all()
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
