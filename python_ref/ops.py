@@ -34,6 +34,7 @@ __all__ = [
 
 LUMA = (0.299, 0.587, 0.114)
 DEFAULT_QS = (0.5, 1.0, 2.0, 3.0)  # the spec's default orders
+NEAR_ONE = 0.25  # tsallis_entropy: orders closer than this to 1 use the expm1 form
 TIE_RTOL = 1e-12  # two_means_split: relative tolerance under which split costs are tied
 SOBEL_X = ((-1.0, 0.0, 1.0), (-2.0, 0.0, 2.0), (-1.0, 0.0, 1.0))
 
@@ -55,24 +56,26 @@ def tsallis_entropy(attn: Tensor, qs: Sequence[float]) -> Tensor:
     """(B, H, N, N) attention probabilities -> (B, N, len(qs)) head-mean normalised entropy.
 
     For q != 1 the (q - 1) factors of S_q and S_q_max cancel:
-    S_q / S_q_max = (1 - sum p^q) / (1 - N^(1-q)). Both differences are evaluated without
-    cancellation, 1 - sum p^q = (1 - sum p) - sum p * expm1((q - 1) ln p) and
-    1 - N^(1-q) = -expm1((1 - q) ln N), so orders near 1 keep their precision (the row
-    deficit 1 - sum p is summed in float64 for the same reason).
+    S_q / S_q_max = (1 - sum p^q) / (1 - N^(1-q)), with 1 - N^(1-q) = -expm1((1 - q) ln N).
+    For orders near 1 (|q - 1| < NEAR_ONE) the literal 1 - sum p^q cancels
+    catastrophically in fp32; there it is evaluated as the identical
+    (1 - sum p) - sum p * expm1((q - 1) ln p), with the row deficit 1 - sum p in fp64.
     """
     p = attn.to(_acc_dtype(attn))
     n = p.shape[-1]
-    log_p = torch.log(p)
-    deficit = (1.0 - p.sum(-1, dtype=torch.float64)).to(p.dtype)  # ~0 for a softmax row
     per_order = []
     for q in qs:
         q = float(q)
         if q == 1.0:
             s, s_max = -torch.xlogy(p, p).sum(-1), math.log(n)  # 0 ln 0 = 0
         else:
-            # p * (p^(q-1) - 1); p = 0 contributes 0 (0^q = 0 for q > 0)
-            t = torch.where(p > 0, p * torch.expm1((q - 1.0) * log_p), torch.zeros_like(p))
-            s, s_max = deficit - t.sum(-1), -math.expm1((1.0 - q) * math.log(n))
+            s_max = -math.expm1((1.0 - q) * math.log(n))
+            if abs(q - 1.0) >= NEAR_ONE:
+                s = 1.0 - p.pow(q).sum(-1)  # 0^q = 0 for q > 0
+            else:
+                deficit = (1.0 - p.sum(-1, dtype=torch.float64)).to(p.dtype)  # ~0 for a softmax row
+                t = torch.where(p > 0, p * torch.expm1((q - 1.0) * torch.log(p)), torch.zeros_like(p))
+                s = deficit - t.sum(-1)  # = 1 - sum p^q; p = 0 contributes 0
         s_hat = s / s_max if s_max != 0.0 else torch.zeros_like(s)  # 0/0 := 0 when N == 1
         per_order.append(s_hat.mean(dim=1))  # head mean -> (B, N)
     return torch.stack(per_order, dim=-1).to(torch.float32)
