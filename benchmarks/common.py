@@ -1,0 +1,133 @@
+"""Shared helpers of the microbenchmarks: timing, the memory floor, tables and CSV.
+
+Every benchmark prints one table (shape, dtype, reference ms, torch.compile ms, ours ms,
+speedup, GB/s, % of the memory floor) and appends the same rows to a CSV file.
+Times are medians over repeated runs after warm-up; on CUDA they use CUDA events.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import statistics
+import time
+from typing import Callable, Dict, List, Optional, Sequence
+
+import torch
+
+DEFAULT_CSV = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "bench.csv")
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_ms(fn: Callable[[], object], device, warmup: int = 3, repeats: int = 20, max_s: float = 2.0) -> float:
+    """Median wall time of ``fn()`` in ms (CUDA events on a GPU); stops early after ``max_s``."""
+    device = torch.device(device)
+    for _ in range(warmup):
+        fn()
+    sync(device)
+    times: List[float] = []
+    budget_end = time.perf_counter() + max_s
+    for _ in range(repeats):
+        if device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end))
+        else:
+            t0 = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t0) * 1e3)
+        if len(times) >= 3 and time.perf_counter() > budget_end:
+            break
+    return statistics.median(times)
+
+
+_COPY_GBPS: Dict[str, float] = {}
+
+
+def copy_bandwidth_gbps(device) -> float:
+    """Measured device copy bandwidth (read + write bytes / time) of a large clone, GB/s."""
+    device = torch.device(device)
+    key = str(device)
+    if key not in _COPY_GBPS:
+        n = (256 << 20) if device.type == "cuda" else (32 << 20)
+        x = torch.empty(n // 4, dtype=torch.float32, device=device).fill_(1.0)
+        y = torch.empty_like(x)
+        ms = time_ms(lambda: y.copy_(x), device, warmup=3, repeats=20)
+        _COPY_GBPS[key] = 2 * x.numel() * 4 / (ms * 1e-3) / 1e9
+    return _COPY_GBPS[key]
+
+
+def try_compile(fn: Callable, enabled: bool = True) -> Optional[Callable]:
+    """``torch.compile(fn)`` or None when compile is unavailable (no compiler, interpreter)."""
+    if not enabled or os.environ.get("TRITON_INTERPRET") == "1":
+        return None
+    try:
+        return torch.compile(fn, dynamic=False)
+    except Exception:  # noqa: BLE001 - reported as a missing column, not a failure
+        return None
+
+
+def row(shape: str, dtype, ref_ms: float, compile_ms: Optional[float], ours_ms: float, floor_bytes: float,
+        device) -> dict:
+    """One table row: speedups against the reference and compile, GB/s and % of copy bandwidth."""
+    gbps = floor_bytes / (ours_ms * 1e-3) / 1e9
+    peak = copy_bandwidth_gbps(device)
+    return {
+        "shape": shape,
+        "dtype": str(dtype).replace("torch.", ""),
+        "ref_ms": ref_ms,
+        "compile_ms": compile_ms,
+        "ours_ms": ours_ms,
+        "speedup": ref_ms / ours_ms,
+        "vs_compile": (compile_ms / ours_ms) if compile_ms else None,
+        "GB/s": gbps,
+        "%floor": 100.0 * gbps / peak,
+    }
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.3f}" if abs(v) < 100 else f"{v:.1f}"
+    return str(v)
+
+
+def print_table(title: str, rows: Sequence[dict], device) -> None:
+    device = torch.device(device)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    print(f"\n## {title} ({name}; copy bandwidth {copy_bandwidth_gbps(device):.0f} GB/s)")
+    if not rows:
+        print("(no rows)")
+        return
+    cols = list(rows[0])
+    widths = [max(len(c), *(len(_fmt(r[c])) for r in rows)) for c in cols]
+    print(" | ".join(c.ljust(w) for c, w in zip(cols, widths)))
+    print("-+-".join("-" * w for w in widths))
+    for r in rows:
+        print(" | ".join(_fmt(r[c]).ljust(w) for c, w in zip(cols, widths)))
+
+
+def append_csv(bench: str, rows: Sequence[dict], device, path: Optional[str] = None) -> str:
+    """Append rows (with the benchmark name, device and date) to the CSV; returns its path."""
+    path = path or os.environ.get("LVTP_BENCH_CSV", DEFAULT_CSV)
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    device = torch.device(device)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
+    fields = ["bench", "device", "date"] + sorted({k for r in rows for k in r})
+    new = not os.path.exists(path)
+    with open(path, "a", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
+        if new:
+            w.writeheader()
+        for r in rows:
+            w.writerow({"bench": bench, "device": name, "date": stamp, **r})
+    return path
