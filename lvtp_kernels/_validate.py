@@ -285,3 +285,35 @@ def check_scatter_tokens(full, x, idx, values: bool) -> None:
     if values:
         finite(op, "full", full)
         finite(op, "x", x)
+
+
+def check_reconstruct_stage(full, x_stage, keep_idx, prune_idx, cluster_id, clusters, mode, values: bool) -> None:
+    op = "reconstruct_stage"
+    tensor(op, "full", full, 3, "(B, K, C)", nonempty=False)
+    tensor(op, "x_stage", x_stage, 3, "(B, N, C)", nonempty=False)
+    tensor(op, "keep_idx", keep_idx, 2, "(B, K)", INDEX_DTYPES, nonempty=False)
+    tensor(op, "prune_idx", prune_idx, 2, "(B, N-K)", INDEX_DTYPES, nonempty=False)
+    tensor(op, "cluster_id", cluster_id, 2, "(B, N)", INDEX_DTYPES, nonempty=False)
+    same_device(op, full=full, x_stage=x_stage, keep_idx=keep_idx, prune_idx=prune_idx, cluster_id=cluster_id)
+    b, k, c = full.shape
+    n = x_stage.shape[1]
+    for name, t in (("x_stage", x_stage), ("keep_idx", keep_idx), ("prune_idx", prune_idx), ("cluster_id", cluster_id)):
+        dim_equal(op, "batch", b, t.shape[0], "full", name)
+    dim_equal(op, "channels C", c, x_stage.shape[2], "full", "x_stage")
+    dim_equal(op, "K", k, keep_idx.shape[1], "full", "keep_idx")
+    dim_equal(op, "N", n, cluster_id.shape[1], "x_stage", "cluster_id")
+    if k + prune_idx.shape[1] != n:
+        _fail(op, f"keep_idx ({k}) and prune_idx ({prune_idx.shape[1]}) must partition the N={n} tokens of x_stage")
+    positive_int(op, "clusters", clusters)
+    if mode not in ("residual", "frozen"):
+        _fail(op, f"mode must be one of ('residual', 'frozen'), got {mode!r}")
+    if not values:
+        return
+    if n:
+        both = torch.cat([keep_idx.long(), prune_idx.long()], dim=1)
+        indices(op, "keep_idx and prune_idx", both, n, unique=True, values=True)
+        lo, hi = int(cluster_id.min()), int(cluster_id.max())
+        if lo < -1 or hi >= clusters:
+            _fail(op, f"cluster_id must lie in [-1, clusters) = [-1, {clusters}), got values in [{lo}, {hi}]")
+    finite(op, "full", full)
+    finite(op, "x_stage", x_stage)

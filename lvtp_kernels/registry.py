@@ -47,6 +47,11 @@ SCHEMAS: Dict[str, str] = {
     ),
     "gather_tokens": "(Tensor x, Tensor idx) -> Tensor",
     "scatter_tokens": "(Tensor full, Tensor x, Tensor idx) -> Tensor",
+    # Not in the spec's list: step 7 for one stage, so that a fused kernel can own it.
+    "reconstruct_stage": (
+        "(Tensor full, Tensor x_stage, Tensor keep_idx, Tensor prune_idx, Tensor cluster_id, int clusters, "
+        "str mode) -> Tensor"
+    ),
 }
 OP_NAMES: Tuple[str, ...] = tuple(SCHEMAS)
 
@@ -302,3 +307,16 @@ def _scatter_tokens(full, x, idx):
 def _scatter_tokens_fake(full, x, idx):
     V.check_scatter_tokens(full, x, idx, values=False)
     return torch.empty_like(full, memory_format=torch.contiguous_format)
+
+
+@_impl("reconstruct_stage")
+def _reconstruct_stage(full, x_stage, keep_idx, prune_idx, cluster_id, clusters, mode):
+    args = (full, x_stage, keep_idx, prune_idx, cluster_id, clusters, mode)
+    V.check_reconstruct_stage(*args, values=True)
+    return _run("reconstruct_stage", full.device, *args)
+
+
+@_fake("reconstruct_stage")
+def _reconstruct_stage_fake(full, x_stage, keep_idx, prune_idx, cluster_id, clusters, mode):
+    V.check_reconstruct_stage(full, x_stage, keep_idx, prune_idx, cluster_id, clusters, mode, values=False)
+    return full.new_empty((full.shape[0], x_stage.shape[1], full.shape[2]))

@@ -14,6 +14,7 @@ from .ops import (
     select,
     tsallis_entropy,
 )
+from .pipeline import reconstruct_stage
 
 __all__ = [
     "attention_entropy",
@@ -24,4 +25,5 @@ __all__ = [
     "scatter_tokens",
     "select",
     "tsallis_entropy",
+    "reconstruct_stage",
 ]

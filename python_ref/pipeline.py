@@ -86,6 +86,43 @@ def reconstruct(x_final: Tensor, records: Sequence[StageRecord], mode: str = "re
     return full
 
 
+def reconstruct_stage(
+    full: Tensor, x_stage: Tensor, keep_idx: Tensor, prune_idx: Tensor, cluster_id: Tensor, clusters: int, mode: str
+) -> Tensor:
+    """Step 7 for one stage, vectorised: rebuild the stage's (B, N_s, C) token map.
+
+    ``full`` (B, K, C) are the final features of the tokens kept at the stage (in
+    ``keep_idx`` order), ``x_stage`` (B, N_s, C) the features when the stage pruned.
+    Kept positions get ``full``; a pruned token of cluster c gets its stage features plus
+    (``"residual"``) the mean over kept tokens of cluster c of ``full - x_stage``, summed in
+    float32 (float64 for float64 inputs); a cluster with no kept token adds nothing.
+    ``cluster_id`` is (B, N_s) with ids in [-1, clusters) (-1: protected, never averaged).
+    Returns a new contiguous tensor of ``full``'s dtype.
+    """
+    if mode not in RECONSTRUCT_MODES:
+        raise ValueError(f"reconstruct_stage: mode must be one of {RECONSTRUCT_MODES}, got {mode!r}")
+    b, n_s, c = x_stage.shape
+    xs = x_stage.to(full.dtype)
+    pruned = torch.gather(xs, 1, prune_idx.long()[..., None].expand(-1, -1, c))
+    if mode == "residual":
+        acc = torch.promote_types(full.dtype, torch.float32)
+        kept_at_stage = torch.gather(xs, 1, keep_idx.long()[..., None].expand(-1, -1, c))
+        delta = (full - kept_at_stage).to(acc)
+        cid = cluster_id.long()
+        cid_kept = cid.gather(1, keep_idx.long())
+        slot = torch.where(cid_kept >= 0, cid_kept, clusters)  # protected tokens: a spare slot
+        sums = delta.new_zeros(b, clusters + 1, c).scatter_add_(1, slot[..., None].expand(-1, -1, c), delta)
+        counts = delta.new_zeros(b, clusters + 1).scatter_add_(1, slot, torch.ones_like(delta[..., 0]))
+        mean = sums / counts.clamp_min(1.0)[..., None]
+        cid_pruned = cid.gather(1, prune_idx.long())
+        slot_p = torch.where(cid_pruned >= 0, cid_pruned, clusters)
+        pruned = (pruned.to(acc) + mean.gather(1, slot_p[..., None].expand(-1, -1, c))).to(full.dtype)
+    out = torch.empty((b, n_s, c), dtype=full.dtype, device=full.device)
+    out.scatter_(1, keep_idx.long()[..., None].expand(-1, -1, c), full)
+    out.scatter_(1, prune_idx.long()[..., None].expand(-1, -1, c), pruned)
+    return out
+
+
 def progressive_forward(
     x: Tensor,
     blocks: Sequence[Callable[[Tensor], Tensor]],

@@ -37,6 +37,7 @@ OP_NAMES = (
     "prune",
     "gather_tokens",
     "scatter_tokens",
+    "reconstruct_stage",  # the project's addition: step 7 for one stage
 )
 # Argument names of each op in schema order (spec).
 ARG_NAMES: Dict[str, tuple] = {
@@ -48,6 +49,7 @@ ARG_NAMES: Dict[str, tuple] = {
     "prune": ("tokens", "attn", "edge", "keep_ratio", "num_protected", "qs", "alpha", "entropy_mode", "clusters", "iters"),
     "gather_tokens": ("x", "idx"),
     "scatter_tokens": ("full", "x", "idx"),
+    "reconstruct_stage": ("full", "x_stage", "keep_idx", "prune_idx", "cluster_id", "clusters", "mode"),
 }
 FLOATS = (torch.float32, torch.float16, torch.bfloat16)
 QS = [0.5, 1.0, 2.0, 3.0]
@@ -193,6 +195,24 @@ def _samples() -> Dict[str, Sample]:
     )
     s["scatter-K0"] = Sample("scatter_tokens", (full, xs[:, :0], idx[:, :0]))
     s["scatter-KN"] = Sample("scatter_tokens", (full, _randn(B, N, C, seed=23), _unique_idx(B, N, N, seed=24)))
+
+    # reconstruct_stage
+    keep_idx, prune_idx, cluster_id = python_ref.select(tokens, ent, edge, 0.5, 1, 0.5, "low", 3, 2)
+    k = keep_idx.shape[1]
+    fin = _randn(B, k, C, seed=28)
+    for dt in FLOATS:
+        s[f"recon-{dt}"] = Sample(
+            "reconstruct_stage", (fin.to(dt), tokens.to(dt), keep_idx, prune_idx, cluster_id, 3, "residual")
+        )
+    s["recon-frozen"] = Sample("reconstruct_stage", (fin, tokens, keep_idx, prune_idx, cluster_id, 3, "frozen"))
+    s["recon-noncontig"] = Sample(
+        "reconstruct_stage",
+        (_noncontig(fin), _noncontig(tokens), keep_idx.t().contiguous().t(), prune_idx, cluster_id.long(), 3, "residual"),
+    )
+    s["recon-keepall"] = Sample(
+        "reconstruct_stage",
+        (tokens, tokens, torch.arange(N).repeat(B, 1), torch.zeros(B, 0, dtype=torch.int64), cluster_id, 3, "residual"),
+    )
     return s
 
 
@@ -243,6 +263,10 @@ SPEC_SCHEMAS = {
     ),
     "gather_tokens": "lvtp::gather_tokens(Tensor x, Tensor idx) -> Tensor",
     "scatter_tokens": "lvtp::scatter_tokens(Tensor full, Tensor x, Tensor idx) -> Tensor",
+    "reconstruct_stage": (
+        "lvtp::reconstruct_stage(Tensor full, Tensor x_stage, Tensor keep_idx, Tensor prune_idx, "
+        "Tensor cluster_id, int clusters, str mode) -> Tensor"
+    ),
 }
 
 
@@ -504,7 +528,19 @@ def _base_args(op: str) -> Dict[str, Any]:
         ),
         "gather_tokens": dict(x=tokens, idx=_unique_idx(B, N, 4, seed=10)),
         "scatter_tokens": dict(full=tokens, x=_randn(B, 4, C, seed=11), idx=_unique_idx(B, N, 4, seed=12)),
+        "reconstruct_stage": _recon_args(tokens),
     }[op]
+
+
+def _recon_args(tokens):
+    keep_idx, prune_idx, cluster_id = python_ref.select(
+        tokens, _rand(tokens.shape[0], tokens.shape[1], 4, seed=13), None, 0.5, 1, 0.5, "low", 3, 2
+    )
+    full = _randn(tokens.shape[0], keep_idx.shape[1], tokens.shape[2], seed=14)
+    return dict(
+        full=full, x_stage=tokens, keep_idx=keep_idx, prune_idx=prune_idx, cluster_id=cluster_id, clusters=3,
+        mode="residual",
+    )
 
 
 N_BASE = 10  # N of _base_args
@@ -736,6 +772,27 @@ def _bad_cases() -> List:
     c[f"{op}-idx-duplicate"] = Bad(op, "idx", False, also="twice|duplicate|unique", idx=lambda a: _dup_row(a["idx"]))
     c[f"{op}-idx-negative"] = Bad(op, "idx", False, also="-1", idx=_set("idx", (0, 1), -1))
     c[f"{op}-idx-N"] = Bad(op, "idx", False, also=str(N_BASE), idx=_set("idx", (1, 1), N_BASE))
+
+    # reconstruct_stage
+    op = "reconstruct_stage"
+    common(op, ["full", "x_stage"], "full")
+    nonfinite(op, "full")
+    nonfinite(op, "x_stage")
+    c[f"{op}-full-rank2"] = Bad(op, "full", True, full=_rank_down("full"))
+    c[f"{op}-x_stage-channels"] = Bad(op, "x_stage", True, x_stage=lambda a: a["x_stage"][..., :-1])
+    c[f"{op}-keep_idx-float"] = Bad(op, "keep_idx", True, keep_idx=_dtype("keep_idx", torch.float32))
+    c[f"{op}-keep_idx-K"] = Bad(op, "keep_idx", True, keep_idx=lambda a: a["keep_idx"][:, :-1])
+    c[f"{op}-prune_idx-partition"] = Bad(op, "prune_idx", True, prune_idx=lambda a: a["prune_idx"][:, :-1])
+    c[f"{op}-cluster_id-N"] = Bad(op, "cluster_id", True, cluster_id=lambda a: a["cluster_id"][:, :-1])
+    c[f"{op}-cluster_id-range"] = Bad(op, "cluster_id", False, cluster_id=_set("cluster_id", (0, 1), 3))
+    c[f"{op}-cluster_id-below"] = Bad(op, "cluster_id", False, cluster_id=_set("cluster_id", (0, 1), -2))
+    c[f"{op}-idx-duplicate"] = Bad(
+        op, "keep_idx", False, also="twice|duplicate|unique",
+        prune_idx=lambda a: torch.cat([a["keep_idx"][:, -1:], a["prune_idx"][:, 1:]], 1),
+    )
+    c[f"{op}-idx-N"] = Bad(op, "keep_idx", False, also=str(N_BASE), keep_idx=_set("keep_idx", (1, 1), N_BASE))
+    c[f"{op}-clusters-0"] = Bad(op, "clusters", True, clusters=0)
+    c[f"{op}-mode"] = Bad(op, "mode", True, mode="mean")
     return [pytest.param(v, id=k) for k, v in c.items()]
 
 

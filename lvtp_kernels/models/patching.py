@@ -50,32 +50,20 @@ class LVTPState:
 
 
 def reconstruct(x_final: Tensor, records: Sequence[StageRecord], mode: str, clusters: int) -> Tensor:
-    """Spec step 7, vectorised over the batch (python_ref.pipeline.reconstruct is the reference).
+    """Spec step 7: one ``torch.ops.lvtp.reconstruct_stage`` per stage, from the last to
+    the first (python_ref.pipeline.reconstruct is the loop reference).
 
-    Per stage, from the last to the first: the kept tokens' residuals
-    ``x_j(final) - x_j(s)`` are averaged per cluster in fp32 or wider (``clusters`` bounds the
-    cluster ids) and added to the pruned tokens of the same cluster; a cluster without a
-    kept token adds nothing (frozen).
+    Per stage the kept tokens' residuals ``x_j(final) - x_j(s)`` are averaged per cluster
+    in fp32 or wider (``clusters`` bounds the cluster ids) and added to the pruned tokens
+    of the same cluster; a cluster without a kept token adds nothing (frozen).
     """
     if mode not in RECONSTRUCT_MODES:
         raise ValueError(f"reconstruct: mode must be one of {RECONSTRUCT_MODES}, got {mode!r}")
     full = x_final
     for rec in reversed(records):
-        x_s = rec.x_at_stage.to(full.dtype)
-        pruned = torch.ops.lvtp.gather_tokens(x_s, rec.prune_idx)
-        if mode == "residual":
-            b, _, c = full.shape
-            acc = torch.promote_types(full.dtype, torch.float32)  # fp32 (fp64 stays fp64)
-            delta = (full - torch.ops.lvtp.gather_tokens(x_s, rec.keep_idx)).to(acc)
-            cid_kept = rec.cluster_id.gather(1, rec.keep_idx).long()
-            slot = torch.where(cid_kept >= 0, cid_kept, clusters)  # protected tokens: a spare slot
-            sums = delta.new_zeros(b, clusters + 1, c).scatter_add_(1, slot[..., None].expand(-1, -1, c), delta)
-            counts = delta.new_zeros(b, clusters + 1).scatter_add_(1, slot, torch.ones_like(delta[..., 0]))
-            mean = sums / counts.clamp_min(1.0)[..., None]
-            cid_pruned = rec.cluster_id.gather(1, rec.prune_idx).long()
-            pruned = (pruned.to(acc) + mean.gather(1, cid_pruned[..., None].expand(-1, -1, c))).to(full.dtype)
-        rebuilt = torch.ops.lvtp.scatter_tokens(torch.zeros_like(x_s), full, rec.keep_idx)
-        full = torch.ops.lvtp.scatter_tokens(rebuilt, pruned, rec.prune_idx)
+        full = torch.ops.lvtp.reconstruct_stage(
+            full, rec.x_at_stage.to(full.dtype), rec.keep_idx, rec.prune_idx, rec.cluster_id, clusters, mode
+        )
     return full
 
 
