@@ -45,6 +45,7 @@ class LVTPState:
     iters: int = 10
     use_edge: bool = True
     reconstruct: str = "residual"
+    weights: str = "dynamic"  # "dynamic" (spec step 2) or "equal" (mean of the orders, an ablation)
     keep_records: bool = False  # keep the last forward's stage records (see last_records)
     last_records: List[StageRecord] = field(default_factory=list)
 
@@ -97,9 +98,16 @@ class _LVTPMixin:
                 x = blk(x)
                 continue
             x, attn = blk(x, return_attn=True)
-            kept, keep_idx, prune_idx, cluster_id = torch.ops.lvtp.prune(
-                x, attn, edge, st.stages[i], p, list(st.qs), st.alpha, st.entropy_mode, st.clusters, st.iters
-            )
+            if st.weights == "dynamic":
+                kept, keep_idx, prune_idx, cluster_id = torch.ops.lvtp.prune(
+                    x, attn, edge, st.stages[i], p, list(st.qs), st.alpha, st.entropy_mode, st.clusters, st.iters
+                )
+            else:  # equal weights: one averaged order, whose dynamic weight is 1
+                ent = torch.ops.lvtp.tsallis_entropy(attn, list(st.qs)).mean(dim=-1, keepdim=True)
+                keep_idx, prune_idx, cluster_id = torch.ops.lvtp.select(
+                    x, ent, edge, st.stages[i], p, st.alpha, st.entropy_mode, st.clusters, st.iters
+                )
+                kept = torch.ops.lvtp.gather_tokens(x, keep_idx)
             records.append(StageRecord(i, x, keep_idx, prune_idx, cluster_id))
             x = kept
             if edge is not None:
@@ -155,6 +163,7 @@ def patch(
     iters: int = 10,
     use_edge: bool = True,
     reconstruct: str = "residual",
+    weights: str = "dynamic",
     layers: Optional[Sequence[int]] = None,
     img_size: Optional[Tuple[int, int]] = None,
     keep_records: bool = False,
@@ -181,6 +190,8 @@ def patch(
     V.positive_int("patch", "iters", iters)
     if reconstruct not in RECONSTRUCT_MODES:
         raise ValueError(f"patch: reconstruct must be one of {RECONSTRUCT_MODES}, got {reconstruct!r}")
+    if weights not in ("dynamic", "equal"):
+        raise ValueError(f"patch: weights must be 'dynamic' or 'equal', got {weights!r}")
     if flops_reduction is not None:
         shape = model.vit_shape(
             img_size, num_orders=len(qs), clusters=clusters, iters=iters, use_edge=use_edge, reconstruct=reconstruct
@@ -200,6 +211,7 @@ def patch(
         iters=int(iters),
         use_edge=bool(use_edge),
         reconstruct=reconstruct,
+        weights=weights,
         keep_records=bool(keep_records),
     )
     if not is_patched(model):

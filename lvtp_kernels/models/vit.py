@@ -43,6 +43,8 @@ class ViTConfig:
     num_classes: int = 11
     class_token: bool = True
     norm_eps: float = 1e-6
+    stem: str = "patch"  # "patch": one stride-p conv; "conv": stride-2 3x3 convs (Xiao et al. 2021)
+    drop_path_rate: float = 0.0  # stochastic depth while training (identity in eval)
 
     @property
     def grid(self) -> Tuple[int, int]:
@@ -67,8 +69,28 @@ class ViTConfig:
             in_chans=self.in_chans,
             num_classes=self.num_classes,
             image_hw=(h, w),
+            stem_flops=conv_stem_flops(self, (h, w)) if self.stem == "conv" else None,
             **cost_options,
         )
+
+
+def conv_stem_channels(cfg: "ViTConfig") -> Tuple[int, ...]:
+    """Output channels of the stride-2 3x3 convs of the conv stem (log2(patch) of them)."""
+    n = int(round(math.log2(cfg.patch_size)))
+    if 2**n != cfg.patch_size:
+        raise ValueError(f"conv stem: patch_size must be a power of two, got {cfg.patch_size}")
+    return tuple(max(8, cfg.embed_dim // 2 ** (n - 1 - i)) for i in range(n))
+
+
+def conv_stem_flops(cfg: "ViTConfig", img_hw: Tuple[int, int]) -> float:
+    """FLOPs (2 per multiply-add) of the conv stem on an image of ``img_hw``."""
+    h, w = img_hw
+    total, cin = 0.0, cfg.in_chans
+    for cout in conv_stem_channels(cfg):
+        h, w = (h + 1) // 2, (w + 1) // 2  # 3x3, stride 2, padding 1
+        total += 2.0 * h * w * cout * cin * 9
+        cin = cout
+    return total + 2.0 * h * w * cfg.embed_dim * cin  # the 1x1 projection
 
 
 def vit_config(arch: str = "vit_ti", **overrides) -> ViTConfig:
@@ -88,6 +110,36 @@ class PatchEmbed(nn.Module):
         x = self.proj(x)
         grid = (x.shape[2], x.shape[3])
         return x.flatten(2).transpose(1, 2), grid
+
+
+class ConvStem(nn.Module):
+    """Early convolutions (Xiao et al. 2021): log2(p) stride-2 3x3 conv-BN-ReLU layers and
+    a 1x1 projection, in place of the single stride-p patch convolution. The token grid is
+    the patch grid of a stride-p embedding, so pruning and the edge term are unchanged."""
+
+    def __init__(self, cfg: "ViTConfig"):
+        super().__init__()
+        self.patch_size = cfg.patch_size
+        layers, cin = [], cfg.in_chans
+        for cout in conv_stem_channels(cfg):
+            layers += [nn.Conv2d(cin, cout, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+            cin = cout
+        self.stem = nn.Sequential(*layers)
+        self.proj = nn.Conv2d(cin, cfg.embed_dim, kernel_size=1)
+
+    def forward(self, x: Tensor) -> Tuple[Tensor, Tuple[int, int]]:
+        h, w = x.shape[-2] // self.patch_size, x.shape[-1] // self.patch_size
+        x = self.proj(self.stem(x))[..., :h, :w]  # pixels past the patch grid are ignored
+        return x.flatten(2).transpose(1, 2), (h, w)
+
+
+def drop_path(x: Tensor, rate: float, training: bool) -> Tensor:
+    """Stochastic depth: drop the residual branch per sample while training."""
+    if rate == 0.0 or not training:
+        return x
+    keep = 1.0 - rate
+    mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
+    return x * mask / keep
 
 
 class Attention(nn.Module):
@@ -126,8 +178,9 @@ class Mlp(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, qkv_bias: bool, eps: float):
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, qkv_bias: bool, eps: float, drop_path: float = 0.0):
         super().__init__()
+        self.drop_path = drop_path
         self.norm1 = nn.LayerNorm(dim, eps=eps)
         self.attn = Attention(dim, num_heads, qkv_bias)
         self.norm2 = nn.LayerNorm(dim, eps=eps)
@@ -135,8 +188,8 @@ class Block(nn.Module):
 
     def forward(self, x: Tensor, return_attn: bool = False):
         y, attn = self.attn(self.norm1(x), return_attn)
-        x = x + y
-        x = x + self.mlp(self.norm2(x))
+        x = x + drop_path(y, self.drop_path, self.training)
+        x = x + drop_path(self.mlp(self.norm2(x)), self.drop_path, self.training)
         return (x, attn) if return_attn else x
 
 
@@ -173,12 +226,17 @@ class ViTSegmenter(nn.Module):
         self.cfg = cfg
         dim = cfg.embed_dim
         self.num_prefix_tokens = cfg.num_prefix_tokens
-        self.patch_embed = PatchEmbed(cfg.patch_size, cfg.in_chans, dim)
+        if cfg.stem not in ("patch", "conv"):
+            raise ValueError(f"ViTSegmenter: stem must be 'patch' or 'conv', got {cfg.stem!r}")
+        self.patch_embed = PatchEmbed(cfg.patch_size, cfg.in_chans, dim) if cfg.stem == "patch" else ConvStem(cfg)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim)) if cfg.class_token else None
         gh, gw = cfg.grid
         self.pos_embed = nn.Parameter(torch.zeros(1, self.num_prefix_tokens + gh * gw, dim))
         self.blocks = nn.ModuleList(
-            [Block(dim, cfg.num_heads, cfg.mlp_ratio, cfg.qkv_bias, cfg.norm_eps) for _ in range(cfg.depth)]
+            [
+                Block(dim, cfg.num_heads, cfg.mlp_ratio, cfg.qkv_bias, cfg.norm_eps, cfg.drop_path_rate * i / max(1, cfg.depth - 1))
+                for i in range(cfg.depth)
+            ]
         )
         self.norm = nn.LayerNorm(dim, eps=cfg.norm_eps)
         self.decoder = LinearDecoder(dim, cfg.num_classes)
@@ -196,6 +254,9 @@ class ViTSegmenter(nn.Module):
         w = self.patch_embed.proj.weight
         nn.init.trunc_normal_(w.view(w.shape[0], -1), std=math.sqrt(1.0 / w[0].numel()))
         nn.init.zeros_(self.patch_embed.proj.bias)
+        for m in self.patch_embed.modules():
+            if isinstance(m, nn.Conv2d) and m is not self.patch_embed.proj:
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
 
     # ------------------------------------------------------------------ forward
     def embed(self, image: Tensor) -> Tuple[Tensor, Tuple[int, int]]:

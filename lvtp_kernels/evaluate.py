@@ -1,0 +1,209 @@
+"""``lvtp eval``: accuracy and cost of LVTP and the baselines on a labelled split.
+
+For the unpruned model and each (method, target reduction): mIoU (void ignored),
+boundary mIoU (pixels within 5 px of a label change; void counts as a label for the band
+and is ignored for scoring), GFLOPs per image (analytic, cross-checked with
+FlopCounterMode on one image), the achieved reduction, and images/s of the forward on
+this machine. Predictions are upsampled to the label resolution before the argmax.
+Writes JSON, a markdown table and a Pareto plot (mIoU vs GFLOPs).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor
+
+from python_ref.flops import ViTShape, active_stages, budget, vit_flops
+
+from . import flops as lflops
+from .baselines import METHODS, Method, make_runner, parse_method, release
+from .data.camvid import CLASS_NAMES, NUM_CLASSES, SegSample, load_split
+from .data.metrics import ConfusionMatrix, boundary_mask
+from .models.vit import ViTSegmenter
+from .progress import Progress
+from .segment import prepare
+
+DEFAULT_METHODS = ("lvtp", "evit", "tome", "random")
+DEFAULT_REDUCTIONS = (0.2, 0.3, 0.45)
+
+
+@dataclass
+class Scores:
+    miou: float
+    boundary_miou: float
+    per_class: Dict[str, float]
+    seconds: float
+    images: int
+
+    @property
+    def images_per_s(self) -> float:
+        return self.images / self.seconds if self.seconds > 0 else float("nan")
+
+
+def method_gflops(model: ViTSegmenter, method: Method, schedule, img_hw: Tuple[int, int]) -> float:
+    """Analytic GFLOPs per image of ``method`` at ``schedule`` (overheads included)."""
+    if method.kind == "lvtp":
+        o = method.options
+        shape = model.vit_shape(
+            img_hw, num_orders=len(o.get("qs", (0.5, 1.0, 2.0, 3.0))), clusters=int(o.get("clusters", 8)),
+            iters=int(o.get("iters", 10)), use_edge=bool(o.get("use_edge", True)) and float(o.get("alpha", 0.5)) < 1.0,
+            reconstruct=str(o.get("reconstruct", "residual")),
+        )
+        return vit_flops(shape, schedule) / 1e9
+    if method.kind in ("evit", "random"):  # score from the attention map: no entropy; same k-means + reconstruction
+        shape = model.vit_shape(img_hw, num_orders=0, use_edge=False)
+        return vit_flops(shape, schedule) / 1e9
+    if method.kind == "tome":  # matching: (n/2) x (n/2) cosine similarities of head-mean keys per stage
+        shape = model.vit_shape(img_hw, num_orders=0, clusters=0, use_edge=False, reconstruct="frozen")
+        total = vit_flops(shape, schedule)
+        stages = active_stages(schedule, shape.depth)
+        n = shape.num_patches + shape.num_protected
+        hd = shape.embed_dim // shape.num_heads
+        for i in range(shape.depth):
+            if i in stages:
+                m = n - shape.num_protected
+                total += 2.0 * (m // 2) * ((m + 1) // 2) * hd
+                n = shape.num_protected + budget(n, shape.num_protected, stages[i])
+        return total / 1e9
+    raise ValueError(f"unknown method kind {method.kind!r}")
+
+
+def score_runner(run: Callable, samples: Sequence[SegSample], size, batch: int, desc: str,
+                 progress: bool = True) -> Scores:
+    cm, cm_b = ConfusionMatrix(NUM_CLASSES), ConfusionMatrix(NUM_CLASSES)
+    seconds = 0.0
+    chunks = [samples[i : i + batch] for i in range(0, len(samples), batch)]
+    with torch.no_grad():  # warm-up (first-call allocations, lazy init), not timed
+        run(prepare(torch.stack([s.image for s in chunks[0]]), size))
+    for chunk in Progress(chunks, desc, enabled=progress, unit="batch"):
+        images = torch.stack([s.image for s in chunk])
+        labels = torch.stack([s.label for s in chunk]).long()
+        x = prepare(images, size)
+        with torch.no_grad():
+            t0 = time.perf_counter()
+            logits = run(x)
+            seconds += time.perf_counter() - t0
+        logits = torch.nn.functional.interpolate(logits.float(), size=labels.shape[-2:], mode="bilinear",
+                                                 align_corners=False)
+        pred = logits.argmax(1)
+        cm.update(pred, labels)
+        cm_b.update(pred, labels, boundary_mask(labels))
+    return Scores(cm.miou(), cm_b.miou(), cm.per_class(list(CLASS_NAMES)), seconds, len(samples))
+
+
+def counted_gflops(run: Callable, image: Tensor) -> float:
+    with torch.no_grad():
+        return lflops.count_flops(run, image) / 1e9
+
+
+def run_eval(
+    data_dir: str,
+    split: str = "val",
+    model: Optional[ViTSegmenter] = None,
+    model_path: Optional[str] = None,
+    reductions: Sequence[float] = DEFAULT_REDUCTIONS,
+    methods: Sequence[str] = DEFAULT_METHODS,
+    limit: Optional[int] = None,
+    batch: int = 8,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> dict:
+    from .models import load_reference
+
+    if model is None:
+        model = load_reference(model_path)
+    model.eval()
+    size = model.cfg.img_size
+    samples = load_split(data_dir, split, limit)
+    parsed = [parse_method(m) for m in methods]
+    probe = prepare(samples[0].image[None], size)
+
+    base = score_runner(model, samples, size, batch, "unpruned", progress)
+    base_gflops = vit_flops(model.vit_shape(size)) / 1e9
+    base_counted = counted_gflops(model, probe)
+    out = {
+        "split": split,
+        "images": len(samples),
+        "model": getattr(model, "_lvtp_source", model_path or "reference"),
+        "img_size": list(size),
+        "baseline": {
+            "miou": base.miou, "boundary_miou": base.boundary_miou, "gflops": base_gflops,
+            "gflops_counted": base_counted, "images_per_s": base.images_per_s, "per_class": base.per_class,
+        },
+        "results": [],
+    }
+    log(f"eval: unpruned mIoU {base.miou:.2f} boundary {base.boundary_miou:.2f} GFLOPs {base_gflops:.3f} "
+        f"{base.images_per_s:.1f} img/s")
+    for red in reductions:
+        shape = model.vit_shape(size)
+        schedule = lflops.schedule_for_flops(shape, float(red))
+        for method in parsed:
+            runner = make_runner(model, method, schedule)
+            try:
+                sc = score_runner(runner, samples, size, batch, f"{method.name}@{red:.2f}", progress)
+                counted = counted_gflops(runner, probe)
+            finally:
+                release(model)
+            g = method_gflops(model, method, schedule, size)
+            res = {
+                "method": method.name, "target_reduction": float(red), "reduction": 1.0 - g / base_gflops,
+                "gflops": g, "gflops_counted": counted, "miou": sc.miou, "boundary_miou": sc.boundary_miou,
+                "miou_drop": base.miou - sc.miou, "boundary_miou_drop": base.boundary_miou - sc.boundary_miou,
+                "images_per_s": sc.images_per_s, "schedule": [list(s) for s in schedule], "per_class": sc.per_class,
+            }
+            out["results"].append(res)
+            log(f"eval: {method.name:<20} target {red:.2f} achieved {res['reduction']:.3f} mIoU {sc.miou:.2f} "
+                f"(drop {res['miou_drop']:+.2f}) boundary {sc.boundary_miou:.2f} "
+                f"(drop {res['boundary_miou_drop']:+.2f}) {sc.images_per_s:.1f} img/s")
+    return out
+
+
+def markdown_table(res: dict) -> str:
+    b = res["baseline"]
+    lines = [
+        f"Split `{res['split']}`, {res['images']} images, model input {res['img_size'][0]}x{res['img_size'][1]}.",
+        "",
+        "| method | target | achieved | GFLOPs | mIoU | drop | boundary mIoU | drop | img/s |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        f"| unpruned | 0 | 0 | {b['gflops']:.3f} | {b['miou']:.2f} | - | {b['boundary_miou']:.2f} | - | "
+        f"{b['images_per_s']:.1f} |",
+    ]
+    for r in res["results"]:
+        lines.append(
+            f"| {r['method']} | {r['target_reduction']:.2f} | {r['reduction']:.3f} | {r['gflops']:.3f} | "
+            f"{r['miou']:.2f} | {r['miou_drop']:+.2f} | {r['boundary_miou']:.2f} | {r['boundary_miou_drop']:+.2f} | "
+            f"{r['images_per_s']:.1f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def pareto_plot(res: dict, path: str) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    b = res["baseline"]
+    methods = sorted({r["method"] for r in res["results"]}, key=lambda m: (m != "lvtp", m))
+    for ax, key, title in ((axes[0], "miou", "mIoU"), (axes[1], "boundary_miou", "boundary mIoU")):
+        for m in methods:
+            rows = sorted((r for r in res["results"] if r["method"] == m), key=lambda r: r["gflops"])
+            ax.plot([r["gflops"] for r in rows] + [b["gflops"]], [r[key] for r in rows] + [b[key]], marker="o",
+                    label=m, linewidth=2.5 if m == "lvtp" else 1.2)
+        ax.scatter([b["gflops"]], [b[key]], color="black", zorder=5, label="unpruned")
+        ax.set_xlabel("GFLOPs per image")
+        ax.set_ylabel(title)
+        ax.set_title(f"{title} vs cost ({res['split']}, {res['images']} images)")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
