@@ -91,6 +91,39 @@ def register_backend(
     if backend not in BACKENDS:
         raise ValueError(f"register_backend: unknown backend {backend!r}; backends are {BACKENDS}")
     _BACKENDS[op][backend] = Backend(fn, None if devices is None else tuple(devices), available)
+    if op in _PRUNE_PARTS and backend != "ref":
+        _register_prune_composite(backend)
+
+
+# prune = tsallis_entropy -> select -> gather_tokens. A backend that has any of the three
+# makes prune a composite for that backend: each part then runs on its own chosen
+# backend (so LVTP_IMPL=triton runs the Triton parts and keeps select's default).
+_PRUNE_PARTS = ("tsallis_entropy", "select", "gather_tokens")
+
+
+def _prune_composite(tokens, attn, edge, keep_ratio, num_protected, qs, alpha, entropy_mode, clusters, iters):
+    dev = tokens.device
+    ent = _run("tsallis_entropy", dev, attn, qs)
+    keep_idx, prune_idx, cluster_id = _run(
+        "select", dev, tokens, ent, edge, keep_ratio, num_protected, alpha, entropy_mode, clusters, iters
+    )
+    return _run("gather_tokens", dev, tokens, keep_idx), keep_idx, prune_idx, cluster_id
+
+
+def _register_prune_composite(backend: str) -> None:
+    parts = [_BACKENDS[op][backend] for op in _PRUNE_PARTS if backend in _BACKENDS[op]]
+    devices = None if any(b.devices is None for b in parts) else tuple(sorted({d for b in parts for d in b.devices}))
+
+    def available() -> Tuple[bool, str]:
+        whys = []
+        for b in parts:
+            ok, why = b.available()
+            if ok:
+                return True, ""
+            whys.append(why)
+        return False, "; ".join(whys)
+
+    _BACKENDS["prune"][backend] = Backend(_prune_composite, devices, available)
 
 
 def requested_impl() -> str:

@@ -280,3 +280,27 @@ def test_compiled_patched_model_matches_eager():
         eager = model(x)
         compiled = torch.compile(model, fullgraph=True)(x)
     torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-4)
+
+
+def test_patched_model_never_asks_for_the_attention_map(monkeypatch):
+    # Pruning layers get their entropies from lvtp.attention_entropy (fused kernels never
+    # materialise N x N); no block is run with return_attn=True.
+    from lvtp_kernels.models import vit
+
+    model = small_model(depth=6)
+    lvtp_kernels.patch(model, schedule=[(1, 0.5), (3, 0.5)], keep_records=True)
+    calls = []
+    real = torch.ops.lvtp.attention_entropy
+
+    def forbid(self, x, return_attn=False):
+        assert not return_attn, "a patched model materialised an attention map"
+        return orig(self, x, return_attn)
+
+    orig = vit.Attention.forward
+    monkeypatch.setattr(vit.Attention, "forward", forbid)
+    monkeypatch.setattr(torch.ops.lvtp, "attention_entropy", lambda *a: calls.append(a[0].shape) or real(*a))
+    with torch.no_grad():
+        out = model(images(2))
+    assert out.shape[-2:] == images(2).shape[-2:]
+    assert len(calls) == 2  # one per pruning stage
+    assert len(lvtp_kernels.last_records(model)) == 2

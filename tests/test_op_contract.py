@@ -1075,3 +1075,29 @@ def test_dynamic_shapes_do_not_specialise_on_n():
 def test_empty_dimensions_are_rejected_by_name(call, name):
     with pytest.raises(ValueError, match=rf"\b{name}\b.*empty dimension"):
         call()
+
+
+def test_prune_composes_its_parts_on_their_own_backends(monkeypatch, restore_backends):
+    # A backend for any part of prune (tsallis_entropy, select, gather_tokens) makes prune a
+    # composite for it: each part then runs on its own chosen backend.
+    calls = []
+
+    def recording(*args):
+        calls.append(args)
+        return python_ref.select(*args)
+
+    registry.register_backend("select", "cpp", recording, devices=("cpu",))
+    monkeypatch.delenv("LVTP_IMPL", raising=False)
+    assert registry.choose_backend("prune", "cpu") == "cpp"
+    assert registry.choose_backend("tsallis_entropy", "cpu") == "ref"
+    smp = SAMPLES["prune-all-positional"]
+    got = _call(smp.op, smp.args, smp.kwargs)
+    want = python_ref.prune(*smp.args, **smp.kwargs)
+    assert len(calls) == 1
+    torch.testing.assert_close(calls[0][1], python_ref.tsallis_entropy(smp.args[1], smp.args[5]), rtol=0, atol=0)
+    for g, w in zip(got, want):
+        assert torch.equal(g, w)
+    # forcing ref keeps the pure reference
+    monkeypatch.setenv("LVTP_IMPL", "ref")
+    _call(smp.op, smp.args, smp.kwargs)
+    assert len(calls) == 1

@@ -97,17 +97,15 @@ class _LVTPMixin:
             if i not in st.stages:
                 x = blk(x)
                 continue
-            x, attn = blk(x, return_attn=True)
-            if st.weights == "dynamic":
-                kept, keep_idx, prune_idx, cluster_id = torch.ops.lvtp.prune(
-                    x, attn, edge, st.stages[i], p, list(st.qs), st.alpha, st.entropy_mode, st.clusters, st.iters
-                )
-            else:  # equal weights: one averaged order, whose dynamic weight is 1
-                ent = torch.ops.lvtp.tsallis_entropy(attn, list(st.qs)).mean(dim=-1, keepdim=True)
-                keep_idx, prune_idx, cluster_id = torch.ops.lvtp.select(
-                    x, ent, edge, st.stages[i], p, st.alpha, st.entropy_mode, st.clusters, st.iters
-                )
-                kept = torch.ops.lvtp.gather_tokens(x, keep_idx)
+            # attention and its entropies in one op: the N x N map is never materialised
+            # by the fused kernels (spec step 1 from lvtp.attention_entropy)
+            x, ent = blk.forward_entropy(x, st.qs)
+            if st.weights == "equal":  # one averaged order, whose dynamic weight is 1 (an ablation)
+                ent = ent.mean(dim=-1, keepdim=True)
+            keep_idx, prune_idx, cluster_id = torch.ops.lvtp.select(
+                x, ent, edge, st.stages[i], p, st.alpha, st.entropy_mode, st.clusters, st.iters
+            )
+            kept = torch.ops.lvtp.gather_tokens(x, keep_idx)
             records.append(StageRecord(i, x, keep_idx, prune_idx, cluster_id))
             x = kept
             if edge is not None:

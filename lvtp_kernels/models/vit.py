@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from typing import Dict, Optional, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -158,12 +158,21 @@ class Attention(nn.Module):
         qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)
         attn = None
-        if return_attn:
-            attn = torch.softmax((q * self.scale) @ k.transpose(-2, -1), dim=-1)
+        if return_attn:  # the same arithmetic as python_ref.attention_entropy
+            attn = torch.softmax((q @ k.transpose(-2, -1)) * self.scale, dim=-1)
             out = attn @ v
         else:
             out = F.scaled_dot_product_attention(q, k, v)
         return self.proj(out.transpose(1, 2).reshape(b, n, c)), attn
+
+    def forward_entropy(self, x: Tensor, qs: Sequence[float]) -> Tuple[Tensor, Tensor]:
+        """Attention plus the per-token multi-scale entropies (B, N, len(qs)) of its map,
+        from ``torch.ops.lvtp.attention_entropy``: the fused kernels never hold the N x N map."""
+        b, n, c = x.shape
+        qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        out, ent = torch.ops.lvtp.attention_entropy(q, k, v, [float(t) for t in qs], float(self.scale))
+        return self.proj(out.transpose(1, 2).reshape(b, n, c)), ent
 
 
 class Mlp(nn.Module):
@@ -191,6 +200,13 @@ class Block(nn.Module):
         x = x + drop_path(y, self.drop_path, self.training)
         x = x + drop_path(self.mlp(self.norm2(x)), self.drop_path, self.training)
         return (x, attn) if return_attn else x
+
+    def forward_entropy(self, x: Tensor, qs: Sequence[float]) -> Tuple[Tensor, Tensor]:
+        """The block, plus its attention's per-token entropies (see Attention.forward_entropy)."""
+        y, ent = self.attn.forward_entropy(self.norm1(x), qs)
+        x = x + drop_path(y, self.drop_path, self.training)
+        x = x + drop_path(self.mlp(self.norm2(x)), self.drop_path, self.training)
+        return x, ent
 
 
 class LinearDecoder(nn.Module):
