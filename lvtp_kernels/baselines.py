@@ -63,6 +63,36 @@ METHODS: Dict[str, Method] = {
 }
 
 
+def _bool(v: str) -> bool:
+    if v.lower() in ("1", "true", "yes"):
+        return True
+    if v.lower() in ("0", "false", "no"):
+        return False
+    raise ValueError(v)
+
+
+def _choice(*allowed: str) -> Callable[[str], str]:
+    def parse(v: str) -> str:
+        if v not in allowed:
+            raise ValueError(v)
+        return v
+
+    return parse
+
+
+# Options of ``lvtp:key=value,...`` method specs and their parsers (lists use '/').
+LVTP_OPTIONS: Dict[str, Callable[[str], object]] = {
+    "alpha": float,
+    "qs": lambda v: tuple(float(q) for q in v.split("/")),
+    "entropy_mode": _choice("low", "high"),
+    "clusters": int,
+    "iters": int,
+    "use_edge": _bool,
+    "reconstruct": _choice("residual", "frozen"),
+    "weights": _choice("dynamic", "equal"),
+}
+
+
 def parse_method(spec: str) -> Method:
     """A name of :data:`METHODS`, or ``lvtp:key=value,key=value`` for any patch options
     (e.g. ``lvtp:alpha=0.3,entropy_mode=high``)."""
@@ -73,20 +103,13 @@ def parse_method(spec: str) -> Method:
         for item in spec[5:].split(","):
             if "=" not in item:
                 raise ValueError(f"method {spec!r}: expected key=value, got {item!r}")
-            k, v = item.split("=", 1)
-            k = k.strip()
-            if k == "qs":
-                opts[k] = tuple(float(q) for q in v.split("/"))
-            elif k in ("alpha",):
-                opts[k] = float(v)
-            elif k in ("clusters", "iters"):
-                opts[k] = int(v)
-            elif k == "use_edge":
-                opts[k] = v.lower() in ("1", "true", "yes")
-            elif k == "layers":
-                opts[k] = tuple(int(x) for x in v.split("/"))
-            else:
-                opts[k] = v
+            k, v = (t.strip() for t in item.split("=", 1))
+            if k not in LVTP_OPTIONS:
+                raise ValueError(f"method {spec!r}: unknown option {k!r}; known: {', '.join(LVTP_OPTIONS)}")
+            try:
+                opts[k] = LVTP_OPTIONS[k](v)
+            except ValueError:
+                raise ValueError(f"method {spec!r}: bad value {v!r} for option {k!r}") from None
         return Method(spec, "lvtp", opts, "custom LVTP options")
     raise ValueError(f"unknown method {spec!r}; known: {', '.join(METHODS)} or lvtp:key=value,...")
 
@@ -177,8 +200,8 @@ def bipartite_merge(x: Tensor, metric: Tensor, size: Tensor, r: int, p: int):
     sets A (even) and B (odd); each A token's most similar B token (cosine on ``metric``);
     the r most similar A tokens are merged (size-weighted mean) into their B match.
 
-    Returns (x', size', src) where ``src`` (B, N) maps every input token to its output
-    index."""
+    Returns (x', size', src, dst_tokens): ``src`` (B, N) maps every input token to its
+    output index, ``dst_tokens`` (B, N - r) is the input token that holds each output slot."""
     bsz, n, c = x.shape
     dev = x.device
     ids = torch.arange(p, n, device=dev)
@@ -203,7 +226,7 @@ def bipartite_merge(x: Tensor, metric: Tensor, size: Tensor, r: int, p: int):
         1, src[..., None].expand(-1, -1, c), xs)
     new_size = torch.zeros(bsz, n_out, dtype=size.dtype, device=dev).scatter_add_(1, src, size)
     out = (out / new_size[..., None].float()).to(x.dtype)
-    return out, new_size, src
+    return out, new_size, src, keep_tokens
 
 
 def tome_forward(model: ViTSegmenter, image: Tensor, schedule) -> Tensor:
@@ -222,19 +245,13 @@ def tome_forward(model: ViTSegmenter, image: Tensor, schedule) -> Tensor:
                 size = torch.ones(bsz, x.shape[1], dtype=torch.float32, device=x.device)
             target = p + budget(x.shape[1], p, stages[i])
             while x.shape[1] > target:  # a round merges at most half of the tokens
-                x, size, src = bipartite_merge(x, metric, size, x.shape[1] - target, p)
-                metric = torch.gather(metric, 1, _first_src(src, x.shape[1])[..., None].expand(-1, -1, metric.shape[-1]))
+                x, size, src, holders = bipartite_merge(x, metric, size, x.shape[1] - target, p)
+                # a later round at the same layer matches on the destinations' keys
+                metric = torch.gather(metric, 1, holders[..., None].expand(-1, -1, metric.shape[-1]))
                 where = torch.gather(src, 1, where)
     x = torch.gather(x, 1, where[..., None].expand(-1, -1, x.shape[-1]))  # unmerge
     x = model.norm(x)
     return model.decoder(x[:, p:], grid, (image.shape[-2], image.shape[-1]))
-
-
-def _first_src(src: Tensor, n_out: int) -> Tensor:
-    """For each output token, one input token mapping to it (the destination itself)."""
-    first = torch.full((src.shape[0], n_out), src.shape[1], dtype=torch.long, device=src.device)
-    ids = torch.arange(src.shape[1], device=src.device).expand_as(src)
-    return first.scatter_reduce_(1, src, ids, reduce="amin")
 
 
 # --------------------------------------------------------------------------- entry point

@@ -340,7 +340,7 @@ def cmd_eval(args) -> int:
     try:
         res = run_eval(args.data, args.split, model_path=args.model, reductions=args.reductions, methods=args.methods,
                        limit=args.limit, batch=args.batch, progress=not args.no_progress)
-    except FileNotFoundError as exc:
+    except (FileNotFoundError, ValueError) as exc:
         print(f"lvtp eval: error: {exc}", file=sys.stderr)
         return 2
     table = markdown_table(res)

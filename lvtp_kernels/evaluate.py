@@ -60,7 +60,7 @@ def method_gflops(model: ViTSegmenter, method: Method, schedule, img_hw: Tuple[i
         shape = model.vit_shape(img_hw, num_orders=0, use_edge=False)
         return vit_flops(shape, schedule) / 1e9
     if method.kind == "tome":  # matching: (n/2) x (n/2) cosine similarities of head-mean keys per stage
-        shape = model.vit_shape(img_hw, num_orders=0, clusters=0, use_edge=False, reconstruct="frozen")
+        shape = model.vit_shape(img_hw, num_orders=0, clusters=0, iters=0, use_edge=False, reconstruct="frozen")
         total = vit_flops(shape, schedule)
         stages = active_stages(schedule, shape.depth)
         n = shape.num_patches + shape.num_protected
@@ -122,6 +122,7 @@ def run_eval(
     size = model.cfg.img_size
     samples = load_split(data_dir, split, limit)
     parsed = [parse_method(m) for m in methods]
+    schedules = {float(red): lflops.schedule_for_flops(model.vit_shape(size), float(red)) for red in reductions}
     probe = prepare(samples[0].image[None], size)
 
     base = score_runner(model, samples, size, batch, "unpruned", progress)
@@ -141,8 +142,7 @@ def run_eval(
     log(f"eval: unpruned mIoU {base.miou:.2f} boundary {base.boundary_miou:.2f} GFLOPs {base_gflops:.3f} "
         f"{base.images_per_s:.1f} img/s")
     for red in reductions:
-        shape = model.vit_shape(size)
-        schedule = lflops.schedule_for_flops(shape, float(red))
+        schedule = schedules[float(red)]
         for method in parsed:
             runner = make_runner(model, method, schedule)
             try:

@@ -94,6 +94,15 @@ _register(torch.ops.lvtp.select, _select)
 _register(torch.ops.lvtp.prune, _prune)
 
 
+def _reconstruct_stage(full_shape, x_stage_shape, *args, out_shape=None, **kwargs):
+    mode = args[-1] if args else kwargs.get("mode", "residual")
+    b, n, c = x_stage_shape
+    return b * reconstruct_flops(n, c) if mode == "residual" else 0
+
+
+_register(torch.ops.lvtp.reconstruct_stage, _reconstruct_stage)
+
+
 def count_flops(fn, *args, **kwargs) -> int:
     """Total FLOPs FlopCounterMode records while running ``fn(*args, **kwargs)``."""
     with _fc.FlopCounterMode(display=False) as counter:

@@ -100,7 +100,7 @@ def train_reference(
     opt = torch.optim.AdamW(
         [{"params": decay, "weight_decay": hp["weight_decay"]}, {"params": no_decay, "weight_decay": 0.0}], lr=lr
     )
-    steps_per_epoch = len(train) // batch_size
+    steps_per_epoch = max(1, len(train) // batch_size)  # the last partial batch is dropped (unless it is all)
     total_steps = steps_per_epoch * epochs
     warmup_steps = steps_per_epoch * hp["warmup_epochs"]
 

@@ -35,7 +35,7 @@ def test_info_reports_invalid_lvtp_impl(capsys, monkeypatch):
 
 
 def test_demo_prints_stages_flops_and_time(capsys):
-    assert cli.main(["demo", "--size", "96x128", "--repeats", "1", "--reduction", "0.3"]) == 0
+    assert cli.main(["demo", "--arch", "vit_ti", "--size", "96x128", "--repeats", "1", "--reduction", "0.3", "--out", ""]) == 0
     out = capsys.readouterr().out
     lines = out.splitlines()
     stage_rows = [ln for ln in lines if ln[:1].isdigit()]
@@ -108,5 +108,5 @@ def test_demo_rejects_bad_arguments_without_a_traceback(capsys):
         assert exc.value.code == 2
         assert "error: argument" in capsys.readouterr().err
     # reachable by argparse, out of reach for the schedule solver: a clear message, exit 2
-    assert cli.main(["demo", "--reduction", "0.9", "--size", "64x64", "--repeats", "1"]) == 2
+    assert cli.main(["demo", "--arch", "vit_ti", "--reduction", "0.9", "--size", "64x64", "--repeats", "1", "--out", ""]) == 2
     assert "out of reach" in capsys.readouterr().err

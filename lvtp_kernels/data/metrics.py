@@ -20,6 +20,9 @@ class ConfusionMatrix:
     def update(self, pred: Tensor, label: Tensor, mask: Optional[Tensor] = None) -> None:
         if pred.shape != label.shape:
             raise ValueError(f"ConfusionMatrix.update: pred {tuple(pred.shape)} and label {tuple(label.shape)} differ")
+        if pred.numel() and (int(pred.min()) < 0 or int(pred.max()) >= self.num_classes):
+            raise ValueError(f"ConfusionMatrix.update: predictions must lie in [0, {self.num_classes}), "
+                             f"got values in [{int(pred.min())}, {int(pred.max())}]")
         valid = (label >= 0) & (label < self.num_classes)
         if mask is not None:
             valid &= mask
@@ -42,8 +45,9 @@ class ConfusionMatrix:
     def pixel_acc(self) -> float:
         return float(self.mat.diag().sum()) / max(1, int(self.mat.sum())) * 100.0
 
-    def per_class(self, names: List[str]) -> Dict[str, float]:
-        return {n: float(v) * 100.0 for n, v in zip(names, self.iou().tolist())}
+    def per_class(self, names: List[str]) -> Dict[str, Optional[float]]:
+        """Per-class IoU in percent; None (JSON null) for a class absent from labels and predictions."""
+        return {n: (None if v != v else float(v) * 100.0) for n, v in zip(names, self.iou().tolist())}
 
 
 def boundary_mask(label: Tensor, width: int = 5) -> Tensor:
