@@ -4,7 +4,7 @@ STAMP := $(VENV)/.lvtp-installed
 
 .PHONY: demo test info setup
 
-$(STAMP): pyproject.toml setup.py requirements-dev.txt scripts/setup_env.sh
+$(STAMP): pyproject.toml setup.py requirements-dev.txt scripts/setup_env.sh $(wildcard csrc/*)
 	VENV=$(VENV) bash scripts/setup_env.sh
 
 setup: $(STAMP)

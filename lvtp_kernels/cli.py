@@ -33,6 +33,12 @@ def _triton_status() -> Tuple[str, str]:
     return version, f"TRITON_INTERPRET={interp}"
 
 
+def _ext_status() -> dict:
+    from lvtp_kernels import _ext
+
+    return _ext.status()
+
+
 def info_dict() -> dict:
     import numpy
     import torch
@@ -60,6 +66,7 @@ def info_dict() -> dict:
         "cuda_available": cuda_ok,
         "cuda_device": torch.cuda.get_device_name(0) if cuda_ok else None,
         "LVTP_IMPL": impl,
+        "extensions": {k: {"built": ok, "why": why} for k, (ok, why) in _ext_status().items()},
         "forced_ops": forced_ops,
         "ops": table,
     }
@@ -74,6 +81,8 @@ def cmd_info(args: argparse.Namespace) -> int:
     print(f"python {d['python']}  torch {d['torch']}  numpy {d['numpy']}  triton {d['triton']} ({d['triton_note']})")
     cuda = f"yes ({d['cuda_device']})" if d["cuda_available"] else "no (torch.cuda.is_available() is False)"
     print(f"CUDA: {cuda}")
+    for name, st in d["extensions"].items():
+        print(f"{name} extension: " + ("built" if st["built"] else f"not available ({st['why']})"))
     print(f"LVTP_IMPL={d['LVTP_IMPL']}  (auto | ref | triton | cpp | cuda)")
     for dev, ops in d["forced_ops"].items():
         note = ", ".join(ops) if ops else "none: every op keeps its automatic choice"

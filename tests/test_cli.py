@@ -73,11 +73,11 @@ def test_forcing_a_backend_no_op_has_warns_once(monkeypatch):
     import pytest
     import torch
 
-    monkeypatch.setenv("LVTP_IMPL", "cpp")
+    monkeypatch.setenv("LVTP_IMPL", "cuda")  # CPU tensors: no op has a cuda backend for them
     monkeypatch.setattr(registry, "_WARNED_UNUSED", set())
     registry.backend_table()  # a report does not use up the warning
     x, idx = torch.randn(1, 3, 2), torch.tensor([[0]])
-    with pytest.warns(UserWarning, match="no lvtp op has a cpp backend"):
+    with pytest.warns(UserWarning, match="no lvtp op has a cuda backend"):
         torch.ops.lvtp.gather_tokens(x, idx)
     with warnings.catch_warnings():
         warnings.simplefilter("error")

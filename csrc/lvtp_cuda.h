@@ -1,0 +1,69 @@
+// Launchers of the lvtp CUDA kernels (csrc/kmeans_cuda.cu, csrc/select_cuda.cu).
+//
+// Plain CUDA runtime interface: raw device pointers, a stream, a cudaError_t back
+// (cudaSuccess, or the first launch / argument error). No ATen or torch headers, so the
+// .cu files compile with nvcc alone (scripts/check_cuda_compile.sh). Every pointer is
+// to contiguous device memory; shapes are in elements.
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+
+namespace lvtp {
+namespace cuda {
+
+// ----------------------------------------------------------------------------- kmeans
+// Batched Lloyd k-means (spec step 5.1) on rows
+//   x_b[i, :] = x[b * x_bstride + i * d + (0..d-1)]            (rownorm == nullptr)
+//   x_b[i, :] = x[...] / rownorm[b * n + i]  (in the accumulation type, for select)
+// c (B, k, d): initial centroids in, final centroids out. assign (B, n) int64 out.
+// members: scratch of B * k * n int32. Deterministic: no float atomics; each centroid
+// is summed by one block over its members in index order.
+cudaError_t kmeans_f32(const float* x, int64_t x_bstride, int64_t B, int64_t n, int64_t d, float* c, int64_t k,
+                       int64_t iters, int64_t* assign, int32_t* members, cudaStream_t stream);
+cudaError_t kmeans_f64(const double* x, int64_t x_bstride, int64_t B, int64_t n, int64_t d, double* c, int64_t k,
+                       int64_t iters, int64_t* assign, int32_t* members, cudaStream_t stream);
+// float rows divided by a float64 row norm, accumulated in float64 (select's features)
+cudaError_t kmeans_rows_f32_f64(const float* x, int64_t x_bstride, const double* rownorm, int64_t B, int64_t n,
+                                int64_t d, double* c, int64_t k, int64_t iters, int64_t* assign, int32_t* members,
+                                cudaStream_t stream);
+cudaError_t kmeans_rows_f64_f64(const double* x, int64_t x_bstride, const double* rownorm, int64_t B, int64_t n,
+                                int64_t d, double* c, int64_t k, int64_t iters, int64_t* assign, int32_t* members,
+                                cudaStream_t stream);
+
+// ----------------------------------------------------------------------------- select
+// Steps 2 and 4: u (B, N - P) float64 of the non-protected tokens from ent (B, N, Q) and
+// the optional edge (B, N) (nullptr: none). Q <= 64.
+cudaError_t importance_f32(const float* ent, const float* edge, int64_t B, int64_t N, int64_t Q, int64_t P,
+                           double alpha, bool low, double* u, cudaStream_t stream);
+cudaError_t importance_f64(const double* ent, const double* edge, int64_t B, int64_t N, int64_t Q, int64_t P,
+                           double alpha, bool low, double* u, cudaStream_t stream);
+
+// rownorm[b, i] = max(||x_b[i, :]||_2, 1e-12) in float64, rows as in kmeans above.
+cudaError_t row_norms_f32(const float* x, int64_t x_bstride, int64_t B, int64_t n, int64_t d, double* rownorm,
+                          cudaStream_t stream);
+cudaError_t row_norms_f64(const double* x, int64_t x_bstride, int64_t B, int64_t n, int64_t d, double* rownorm,
+                          cudaStream_t stream);
+
+// Ranks of u (B, n): desc_order / asc_order (B, n) int32 = token indices sorted by u
+// descending / ascending, ties by lower index; then the initial centroids
+// c[b, r, :] = x_b[desc_order[b, floor(r * n / k)], :] (k = min(clusters, n)).
+cudaError_t rank_init_f32(const double* u, const float* x, int64_t x_bstride, const double* rownorm, int64_t B,
+                          int64_t n, int64_t d, int64_t k, int32_t* desc_order, int32_t* asc_order, double* c,
+                          cudaStream_t stream);
+cudaError_t rank_init_f64(const double* u, const double* x, int64_t x_bstride, const double* rownorm, int64_t B,
+                          int64_t n, int64_t d, int64_t k, int32_t* desc_order, int32_t* asc_order, double* c,
+                          cudaStream_t stream);
+
+// Steps 5.2 and 5.3 from u, the cluster assignment and the two orders: keep_idx
+// (B, P + K), prune_idx (B, n - K) int64 ascending, cluster_id (B, P + n) int32.
+// Scratch: seg (B*n) int32, starts (B*(k+1)) int32, cls and keep (B*n) uint8,
+// s1 and s2 (B*n) float64.
+cudaError_t select_finish(const double* u, const int64_t* assign, const int32_t* desc_order,
+                          const int32_t* asc_order, int64_t B, int64_t n, int64_t k, int64_t P, int64_t K,
+                          int32_t* seg, int32_t* starts, uint8_t* cls, uint8_t* keep, double* s1, double* s2,
+                          int64_t* keep_idx, int64_t* prune_idx, int32_t* cluster_id, cudaStream_t stream);
+
+}  // namespace cuda
+}  // namespace lvtp

@@ -1,0 +1,98 @@
+"""The compiled clustering ops (csrc/) as backends of torch.ops.lvtp.kmeans / select.
+
+The extension modules register their own ops, ``torch.ops.lvtp_cpp.kmeans`` and
+``torch.ops.lvtp_cpp.select`` (same schemas as the ``lvtp`` ones, no validation); this
+module loads them, gives them fake kernels (torch.compile / opcheck), and registers them
+with :mod:`lvtp_kernels.registry` as the ``cpp`` backend (CPU tensors) and the ``cuda``
+backend (CUDA tensors). ``torch.ops.lvtp.*`` keep validating first.
+
+* ``lvtp_kernels._C``       CPU kernels + the ``lvtp_cpp`` schemas (always built)
+* ``lvtp_kernels._C_cuda``  CUDA kernels (built only with a CUDA torch and nvcc)
+
+When the extension is missing the package still imports and every op runs through
+python_ref; one warning says why. ``status()`` reports what loaded, for ``lvtp info``.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Dict, Tuple
+
+import torch
+
+from . import registry
+
+_STATUS: Dict[str, Tuple[bool, str]] = {}
+
+
+def _load() -> None:
+    try:
+        from . import _C  # noqa: F401  (runs TORCH_LIBRARY(lvtp_cpp) / CPU impls)
+
+        _STATUS["cpp"] = (True, "")
+    except Exception as exc:  # noqa: BLE001 - a missing or broken build is reported, not raised
+        _STATUS["cpp"] = (False, f"lvtp_kernels._C did not load ({type(exc).__name__}: {exc}); "
+                                 "build it with `pip install --no-build-isolation -e .`")
+        _STATUS["cuda"] = (False, "the C++ extension lvtp_kernels._C is missing")
+        warnings.warn(f"lvtp_kernels: compiled ops unavailable, python_ref runs kmeans/select: {_STATUS['cpp'][1]}",
+                      RuntimeWarning, stacklevel=3)
+        return
+    try:
+        from . import _C_cuda  # noqa: F401  (TORCH_LIBRARY_IMPL(lvtp_cpp, CUDA))
+
+        _STATUS["cuda"] = (True, "")
+    except ImportError as exc:
+        if torch.version.cuda is None:
+            why = f"torch {torch.__version__} is a CPU build (the CUDA ops were not built)"
+        elif "_C_cuda" in str(exc) and "No module" in str(exc):
+            why = "the CUDA ops were not built (no nvcc at build time, or LVTP_SKIP_CUDA=1)"
+        else:
+            why = f"lvtp_kernels._C_cuda did not load ({exc})"
+        _STATUS["cuda"] = (False, why)
+    except Exception as exc:  # noqa: BLE001
+        _STATUS["cuda"] = (False, f"lvtp_kernels._C_cuda did not load ({type(exc).__name__}: {exc})")
+
+
+def status() -> Dict[str, Tuple[bool, str]]:
+    """{"cpp": (loaded, why not), "cuda": (loaded, why not)}."""
+    return dict(_STATUS)
+
+
+def _cpp_available() -> Tuple[bool, str]:
+    return _STATUS["cpp"]
+
+
+def _cuda_available() -> Tuple[bool, str]:
+    ok, why = _STATUS["cuda"]
+    if ok and not torch.cuda.is_available():
+        return False, "no CUDA device (torch.cuda.is_available() is False)"
+    return ok, why
+
+
+def _register_fakes() -> None:
+    @torch.library.register_fake("lvtp_cpp::kmeans")
+    def _kmeans_fake(x, init, iters):
+        acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+        return init.new_empty(init.shape, dtype=acc), x.new_empty(x.shape[:2], dtype=torch.int64)
+
+    @torch.library.register_fake("lvtp_cpp::select")
+    def _select_fake(tokens, ent, edge, keep_ratio, num_protected, alpha, entropy_mode, clusters, iters):
+        return registry._select_outputs(tokens, keep_ratio, num_protected)
+
+
+def _kmeans(x, init, iters):
+    return torch.ops.lvtp_cpp.kmeans(x, init, iters)
+
+
+def _select(tokens, ent, edge, keep_ratio, num_protected, alpha, entropy_mode, clusters, iters):
+    return torch.ops.lvtp_cpp.select(tokens, ent, edge, keep_ratio, num_protected, alpha, entropy_mode, clusters, iters)
+
+
+_load()
+if _STATUS["cpp"][0]:
+    _register_fakes()
+# Registered even when unavailable: `lvtp info` then says why, and LVTP_IMPL=cpp|cuda
+# raises with that reason instead of silently running python_ref.
+for _op, _fn in (("kmeans", _kmeans), ("select", _select)):
+    registry.register_backend(_op, "cpp", _fn, devices=("cpu",), available=_cpp_available)
+    registry.register_backend(_op, "cuda", _fn, devices=("cuda",), available=_cuda_available)

@@ -1,0 +1,211 @@
+"""The compiled selection (torch.ops.lvtp_cpp.select, the "cpp"/"cuda" backends of
+torch.ops.lvtp.select) must be bit-identical to python_ref.select on CPU (torch.equal on
+keep_idx, prune_idx and cluster_id) across sizes, cluster counts, feature widths,
+protected tokens, edge / no edge, both entropy modes and budgets.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+import lvtp_kernels  # noqa: F401  (registers torch.ops.lvtp.*)
+import lvtp_kernels._ext as ext
+from lvtp_kernels import registry
+from python_ref import ops as ref
+
+HAVE_CPP = ext.status()["cpp"][0]
+HAVE_CUDA = ext.status()["cuda"][0] and torch.cuda.is_available()
+needs_cpp = pytest.mark.skipif(not HAVE_CPP, reason=f"C++ extension not built: {ext.status()['cpp'][1]}")
+needs_cuda = pytest.mark.skipif(
+    not HAVE_CUDA,
+    reason="needs a CUDA GPU and the CUDA extension ("
+    + ("no GPU" if not torch.cuda.is_available() else ext.status()["cuda"][1]) + ")",
+)
+
+
+def test_extension_required_in_ci():
+    """CI sets LVTP_REQUIRE_EXT=1: a missing or broken C++ build must fail there."""
+    if os.environ.get("LVTP_REQUIRE_EXT") != "1":
+        pytest.skip("LVTP_REQUIRE_EXT is not 1")
+    assert HAVE_CPP, ext.status()["cpp"][1]
+
+
+def _inputs(seed, b, n_tok, c, q=4, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    tokens = torch.randn(b, n_tok, c, generator=g).to(dtype)
+    ent = torch.rand(b, n_tok, q, generator=g)
+    edge = torch.rand(b, n_tok, generator=g)
+    return tokens, ent, edge
+
+
+def _args(tokens, ent, edge, keep_ratio, p, alpha, mode, clusters, iters):
+    return (tokens, ent, edge, keep_ratio, p, alpha, mode, clusters, iters)
+
+
+def assert_same(got, want):
+    assert len(got) == 3
+    for g, w, name in zip(got, want, ("keep_idx", "prune_idx", "cluster_id")):
+        assert g.dtype == w.dtype and g.shape == w.shape, (name, g.dtype, w.dtype, g.shape, w.shape)
+        assert torch.equal(g.cpu(), w.cpu()), name
+
+
+def _grid():
+    """Every (n, clusters, C) of the brief; the other settings rotate with the index."""
+    cases = []
+    i = 0
+    for n_tok in (1, 2, 50, 196, 1024):
+        for clusters in (1, 2, 8, 32):
+            for c in (16, 192, 768):
+                p = (0, 1, 5)[i % 3] if n_tok > 5 else (0 if n_tok == 1 else i % 2)
+                keep = (0.7, 1.0, 0.001, 0.25)[i % 4]
+                b = 1 if n_tok >= 1024 else 2
+                cases.append((n_tok, clusters, c, b, p, keep, i % 2 == 0, ("low", "high")[(i // 2) % 2]))
+                i += 1
+    return cases
+
+
+GRID = _grid()
+
+
+@needs_cpp
+@pytest.mark.parametrize("case", GRID, ids=lambda c: "n{}-k{}-C{}-B{}-P{}-r{}-{}-{}".format(
+    c[0], c[1], c[2], c[3], c[4], c[5], "edge" if c[6] else "noedge", c[7]))
+def test_select_bit_identical(case):
+    n_tok, clusters, c, b, p, keep, with_edge, mode = case
+    tokens, ent, edge = _inputs(n_tok * 1000 + clusters * 10 + c, b, n_tok, c)
+    args = _args(tokens, ent, edge if with_edge else None, keep, p, 0.5, mode, clusters, 10)
+    assert_same(torch.ops.lvtp_cpp.select(*args), ref.select(*args))
+
+
+@needs_cpp
+@pytest.mark.parametrize("p", [0, 1, 5])
+@pytest.mark.parametrize("mode", ["low", "high"])
+@pytest.mark.parametrize("with_edge", [True, False])
+@pytest.mark.parametrize("keep", [1.0, 0.5, 1e-3])
+def test_select_settings(p, mode, with_edge, keep):
+    tokens, ent, edge = _inputs(7 + p, 3, 65, 24)
+    args = _args(tokens, ent, edge if with_edge else None, keep, p, 0.3, mode, 6, 5)
+    assert_same(torch.ops.lvtp_cpp.select(*args), ref.select(*args))
+
+
+@needs_cpp
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
+def test_select_dtypes(dtype):
+    tokens, ent, edge = _inputs(3, 2, 197, 64, dtype=dtype)
+    for e, d in ((ent.to(dtype), edge.to(dtype)), (ent, edge)):
+        args = _args(tokens, e, d, 0.6, 1, 0.5, "low", 8, 10)
+        assert_same(torch.ops.lvtp_cpp.select(*args), ref.select(*args))
+
+
+@needs_cpp
+def test_select_noncontiguous():
+    g = torch.Generator().manual_seed(11)
+    tokens = torch.randn(2, 48, 120, generator=g).transpose(1, 2)  # (B, N=120, C=48), permuted
+    ent = torch.rand(2, 4, 120, generator=g).transpose(1, 2)
+    edge = torch.rand(2, 240, generator=g)[:, ::2]
+    assert not (tokens.is_contiguous() or ent.is_contiguous() or edge.is_contiguous())
+    args = _args(tokens, ent, edge, 0.5, 1, 0.5, "low", 8, 10)
+    assert_same(torch.ops.lvtp_cpp.select(*args), ref.select(*args))
+    t64 = tokens.double()  # float64 view-preserving path of the reference
+    args = _args(t64, ent, edge, 0.5, 1, 0.5, "high", 8, 10)
+    assert_same(torch.ops.lvtp_cpp.select(*args), ref.select(*args))
+
+
+@needs_cpp
+def test_select_ties():
+    """Duplicate tokens, constant importance (all sigma 0: uniform weights), zero tokens."""
+    g = torch.Generator().manual_seed(5)
+    base = torch.randn(1, 6, 32, generator=g)
+    tokens = base.repeat(2, 10, 1)  # (2, 60, 32): every token repeated 10 times
+    ent = torch.full((2, 60, 4), 0.25)
+    for edge in (None, torch.full((2, 60), 0.5), torch.rand(2, 6, generator=g).repeat(1, 10)):
+        for keep in (0.1, 0.5, 1.0):
+            args = _args(tokens, ent, edge, keep, 1, 0.5, "low", 8, 10)
+            assert_same(torch.ops.lvtp_cpp.select(*args), ref.select(*args))
+    tokens = torch.zeros(2, 20, 8)  # zero norm: clamp_min(1e-12)
+    tokens[:, ::3] = 1.0
+    args = _args(tokens, torch.rand(2, 20, 4, generator=g), None, 0.5, 0, 0.5, "high", 4, 3)
+    assert_same(torch.ops.lvtp_cpp.select(*args), ref.select(*args))
+
+
+@needs_cpp
+def test_select_public_op_uses_cpp(monkeypatch):
+    monkeypatch.setenv("LVTP_IMPL", "cpp")
+    assert registry.choose_backend("select", "cpu") == "cpp"
+    tokens, ent, edge = _inputs(1, 2, 197, 96)
+    args = _args(tokens, ent, edge, 0.7, 1, 0.5, "low", 8, 10)
+    assert_same(torch.ops.lvtp.select(*args), ref.select(*args))
+    monkeypatch.setenv("LVTP_IMPL", "auto")
+    assert registry.choose_backend("select", "cpu") == "cpp"
+    assert_same(torch.ops.lvtp.select(*args), ref.select(*args))
+
+
+@needs_cpp
+def test_select_opcheck_cpu():
+    tokens, ent, edge = _inputs(2, 2, 40, 16)
+    torch.library.opcheck(torch.ops.lvtp_cpp.select, _args(tokens, ent, edge, 0.5, 1, 0.5, "low", 4, 3))
+    torch.library.opcheck(torch.ops.lvtp_cpp.select, _args(tokens, ent, None, 1.0, 0, 0.5, "high", 8, 2))
+
+
+@needs_cpp
+def test_select_rejects_bad_args():
+    tokens, ent, edge = _inputs(2, 1, 10, 4)
+    with pytest.raises(RuntimeError, match="keep_ratio"):
+        torch.ops.lvtp_cpp.select(tokens, ent, edge, 0.0, 1, 0.5, "low", 4, 3)
+    with pytest.raises(RuntimeError, match="entropy_mode"):
+        torch.ops.lvtp_cpp.select(tokens, ent, edge, 0.5, 1, 0.5, "mid", 4, 3)
+    with pytest.raises(RuntimeError, match="num_protected"):
+        torch.ops.lvtp_cpp.select(tokens, ent, edge, 0.5, 10, 0.5, "low", 4, 3)
+
+
+# --------------------------------------------------------------------------- CUDA
+CUDA_CASES = [c for c in GRID if c[0] != 1024 or c[2] == 768] + [
+    (1025, 8, 768, 8, 1, 0.7, True, "low"),
+    (4097, 8, 64, 2, 1, 0.5, False, "high"),  # n > the rank kernel's tile
+]
+
+
+@needs_cuda
+@pytest.mark.parametrize("case", CUDA_CASES, ids=lambda c: "n{}-k{}-C{}-B{}-P{}".format(*c[:5]))
+def test_select_cuda_matches_cpu_and_reference(case):
+    """CUDA sums in other orders (norms, importance, distances): decisions agree away
+    from ties at ~1e-15, which random data never hits."""
+    n_tok, clusters, c, b, p, keep, with_edge, mode = case
+    tokens, ent, edge = _inputs(n_tok * 1000 + clusters * 10 + c, b, n_tok, c)
+    args = _args(tokens, ent, edge if with_edge else None, keep, p, 0.5, mode, clusters, 10)
+    cuda_args = tuple(a.cuda() if isinstance(a, torch.Tensor) else a for a in args)
+    got = torch.ops.lvtp_cpp.select(*cuda_args)
+    assert all(t.is_cuda for t in got)
+    assert_same(got, torch.ops.lvtp_cpp.select(*args))
+    if n_tok <= 1025:
+        assert_same(got, ref.select(*cuda_args))
+    again = torch.ops.lvtp_cpp.select(*cuda_args)
+    assert_same(got, again)  # deterministic
+
+
+@needs_cuda
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
+def test_select_cuda_dtypes_and_ties(dtype):
+    tokens, ent, edge = _inputs(3, 2, 197, 64, dtype=dtype)
+    args = _args(tokens, ent.to(dtype), edge.to(dtype), 0.6, 1, 0.5, "low", 8, 10)
+    cuda_args = tuple(a.cuda() if isinstance(a, torch.Tensor) else a for a in args)
+    assert_same(torch.ops.lvtp_cpp.select(*cuda_args), ref.select(*args))
+    g = torch.Generator().manual_seed(5)
+    tokens = torch.randn(1, 6, 32, generator=g).repeat(2, 10, 1).to(dtype)
+    ent = torch.full((2, 60, 4), 0.25, dtype=dtype)
+    args = _args(tokens, ent, None, 0.5, 1, 0.5, "low", 8, 10)
+    cuda_args = tuple(a.cuda() if isinstance(a, torch.Tensor) else a for a in args)
+    assert_same(torch.ops.lvtp_cpp.select(*cuda_args), ref.select(*args))
+
+
+@needs_cuda
+def test_select_cuda_public_op_and_opcheck(monkeypatch):
+    monkeypatch.setenv("LVTP_IMPL", "cuda")
+    assert registry.choose_backend("select", "cuda") == "cuda"
+    tokens, ent, edge = _inputs(2, 2, 40, 16)
+    args = _args(tokens.cuda(), ent.cuda(), edge.cuda(), 0.5, 1, 0.5, "low", 4, 3)
+    assert_same(torch.ops.lvtp.select(*args), ref.select(*args))
+    torch.library.opcheck(torch.ops.lvtp_cpp.select, args)
