@@ -23,7 +23,14 @@ from ._common import interpreting, triton_status
 
 # family module -> {op: launcher name}
 FAMILIES: Dict[str, Dict[str, str]] = {
+    "tsallis": {"tsallis_entropy": "tsallis_entropy"},
     "attention": {"attention_entropy": "attention_entropy"},
+    "edge": {"patch_edge_energy": "patch_edge_energy"},
+    "gather_scatter": {
+        "gather_tokens": "gather_tokens",
+        "scatter_tokens": "scatter_tokens",
+        "reconstruct_stage": "reconstruct_stage",
+    },
 }
 
 

@@ -1,0 +1,356 @@
+"""Triton kernels of ``lvtp::gather_tokens``, ``lvtp::scatter_tokens`` and
+``lvtp::reconstruct_stage`` (spec steps 5 and 7).
+
+All three move whole token rows, so every kernel works on [rows, channels] tiles with
+int64 offsets and any input strides, and writes a new contiguous output exactly once:
+
+* ``gather_tokens``: ``out[b, k] = x[b, idx[b, k]]``, one pass.
+* ``scatter_tokens``: a small kernel inverts ``idx`` (``inv[b, n] = k`` or -1), then one
+  pass over the output reads each row from ``x`` or ``full``: no copy-then-overwrite.
+* ``reconstruct_stage`` (``"residual"``): ``_slot_partition_kernel`` lists, per image
+  and cluster slot, the slot's kept tokens in ``keep_idx`` order (a stable partition);
+  ``_reconstruct_kept_kernel`` runs one program per (image, slot, channel block); it
+  walks its slot's kept tokens, writes their rows to the output and sums
+  ``full - x_stage`` over them *sequentially, in keep_idx order*, then stores the slot
+  mean. The sums are therefore deterministic (no atomics) and bit-identical to the
+  reference's ordered ``scatter_add_`` on CPU. ``_reconstruct_pruned_kernel`` then writes every pruned row once,
+  ``x_stage + mean[slot]``. Protected tokens (cluster id -1) share the spare slot
+  ``clusters``, exactly as the reference does. ``"frozen"`` skips the sums.
+
+Casts follow PyTorch exactly: fp16/bf16 arithmetic is done in fp32 and rounded to the
+storage dtype after each operation, as PyTorch's half kernels do; roundings to bf16 use
+an explicit round-to-nearest-even on the bits (Triton's CPU interpreter truncates).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from . import _common
+from .tsallis import loop_bound
+
+__all__ = ["gather_tokens", "scatter_tokens", "reconstruct_stage"]
+
+_TL_DTYPES = {
+    torch.float16: tl.float16,
+    torch.bfloat16: tl.bfloat16,
+    torch.float32: tl.float32,
+    torch.float64: tl.float64,
+}
+
+
+@triton.jit
+def _round_to(x, DST: tl.constexpr):
+    """``x.to(DST)`` with round-to-nearest-even, also for bf16 (bit-level rounding of the
+    fp32 value; a fp64 ``x`` is first rounded to fp32)."""
+    if DST == tl.bfloat16:
+        u = x.to(tl.float32).to(tl.uint32, bitcast=True)
+        u = u + (((u >> 16) & 1) + 0x7FFF)
+        return (u >> 16).to(tl.uint16).to(tl.bfloat16, bitcast=True)
+    else:
+        return x.to(DST)
+
+
+def _tiles(rows: int, c: int):
+    """(BLOCK_R, BLOCK_C) of a row-copy tile: 2K elements on a GPU, large when interpreting."""
+    block_c = min(triton.next_power_of_2(max(c, 1)), _common.block_cap(512, 4096))
+    block_r = max(1, min(_common.block_cap(2048, 1 << 16) // block_c, triton.next_power_of_2(max(rows, 1))))
+    return block_r, block_c
+
+
+def _grid(b: int, rows: int, c: int, block_r: int, block_c: int):
+    return (b, triton.cdiv(rows, block_r), triton.cdiv(c, block_c))
+
+
+# --------------------------------------------------------------------------- gather
+@triton.jit
+def _gather_kernel(
+    x_ptr, idx_ptr, out_ptr, K, C,
+    sx_b, sx_n, sx_c, si_b, si_k,
+    BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    """out[b, r, :] = x[b, idx[b, r], :] for a [BLOCK_R, BLOCK_C] tile; out contiguous."""
+    b = tl.program_id(0).to(tl.int64)
+    rows = tl.program_id(1) * BLOCK_R + tl.arange(0, BLOCK_R)
+    cols = (tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)).to(tl.int64)
+    rmask = rows < K
+    mask = rmask[:, None] & (cols < C)[None, :]
+    src = tl.load(idx_ptr + b * si_b + rows.to(tl.int64) * si_k, mask=rmask, other=0).to(tl.int64)
+    v = tl.load(x_ptr + b * sx_b + src[:, None] * sx_n + cols[None, :] * sx_c, mask=mask)
+    dst = (b * K + rows.to(tl.int64))[:, None] * C + cols[None, :]
+    tl.store(out_ptr + dst, v, mask=mask)
+
+
+def gather_tokens(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """x (B, N, C), idx (B, K) int32/int64 -> (B, K, C) contiguous, out[b, k] = x[b, idx[b, k]].
+
+    Indices are range-checked by the op registry. Exact for every dtype (a copy).
+    """
+    b, _, c = x.shape
+    k = idx.shape[1]
+    out = torch.empty((b, k, c), dtype=x.dtype, device=x.device)
+    if out.numel() == 0:
+        return out
+    block_r, block_c = _tiles(k, c)
+    _gather_kernel[_grid(b, k, c, block_r, block_c)](
+        x, idx, out, k, c, x.stride(0), x.stride(1), x.stride(2), idx.stride(0), idx.stride(1),
+        BLOCK_R=block_r, BLOCK_C=block_c, num_warps=4,
+    )
+    return out
+
+
+# --------------------------------------------------------------------------- scatter
+@triton.jit
+def _invert_index_kernel(idx_ptr, inv_ptr, K, N, si_b, si_k, BLOCK: tl.constexpr):
+    """inv[b, idx[b, k]] = k (inv (B, N) int32, pre-filled with -1; indices are unique)."""
+    b = tl.program_id(0).to(tl.int64)
+    k = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    m = k < K
+    pos = tl.load(idx_ptr + b * si_b + k.to(tl.int64) * si_k, mask=m, other=0).to(tl.int64)
+    tl.store(inv_ptr + b * N + pos, k, mask=m)
+
+
+@triton.jit
+def _scatter_kernel(
+    full_ptr, x_ptr, inv_ptr, out_ptr, N, C,
+    sf_b, sf_n, sf_c, sx_b, sx_k, sx_c,
+    BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    """out[b, n] = x[b, inv[b, n]] if inv[b, n] >= 0 else full[b, n]; each row read once."""
+    b = tl.program_id(0).to(tl.int64)
+    rows = tl.program_id(1) * BLOCK_R + tl.arange(0, BLOCK_R)
+    cols = (tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)).to(tl.int64)
+    rmask = rows < N
+    cmask = (cols < C)[None, :]
+    rows64 = rows.to(tl.int64)
+    src = tl.load(inv_ptr + b * N + rows64, mask=rmask, other=-1).to(tl.int64)
+    from_x = (src >= 0)[:, None]
+    mask = rmask[:, None] & cmask
+    vx = tl.load(x_ptr + b * sx_b + src[:, None] * sx_k + cols[None, :] * sx_c, mask=mask & from_x)
+    vf = tl.load(full_ptr + b * sf_b + rows64[:, None] * sf_n + cols[None, :] * sf_c, mask=mask & (~from_x))
+    dst = out_ptr + (b * N + rows64)[:, None] * C + cols[None, :]
+    tl.store(dst, vx, mask=mask & from_x)
+    tl.store(dst, vf, mask=mask & (~from_x))
+
+
+def scatter_tokens(full: torch.Tensor, x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """Out-of-place scatter: a new contiguous copy of full (B, N, C) with
+    out[b, idx[b, k]] = x[b, k]. Indices are range- and duplicate-checked by the op
+    registry. Exact for every dtype (a copy)."""
+    b, n, c = full.shape
+    k = idx.shape[1]
+    out = torch.empty((b, n, c), dtype=full.dtype, device=full.device)
+    if out.numel() == 0:
+        return out
+    inv = torch.full((b, n), -1, dtype=torch.int32, device=full.device)
+    if k > 0:
+        block = min(triton.next_power_of_2(k), _common.block_cap(1024, 1 << 16))
+        _invert_index_kernel[(b, triton.cdiv(k, block))](
+            idx, inv, k, n, idx.stride(0), idx.stride(1), BLOCK=block, num_warps=4
+        )
+    block_r, block_c = _tiles(n, c)
+    _scatter_kernel[_grid(b, n, c, block_r, block_c)](
+        full, x, inv, out, n, c,
+        full.stride(0), full.stride(1), full.stride(2), x.stride(0), x.stride(1), x.stride(2),
+        BLOCK_R=block_r, BLOCK_C=block_c, num_warps=4,
+    )
+    return out
+
+
+# --------------------------------------------------------------------------- reconstruct_stage
+@triton.jit
+def _slot_partition_kernel(
+    keep_ptr, cid_ptr, order_ptr, count_ptr,
+    K, clusters, sk_b, sk_k, sc_b, sc_n,
+    SPAD: tl.constexpr, BLOCK: tl.constexpr, K_LOOP: tl.constexpr, S_LOOP: tl.constexpr,
+):
+    """Program b: a stable partition of the kept tokens by slot (cluster id, or
+    ``clusters`` for -1): order[b, s, :count[b, s]] lists, ascending, the k whose token
+    keep_idx[b, k] is in slot s."""
+    b = tl.program_id(0).to(tl.int64)
+    slots = clusters + 1
+    sidx = tl.arange(0, SPAD)
+    counts = tl.zeros([SPAD], dtype=tl.int32)
+    for k0 in range(0, K if K_LOOP < 0 else K_LOOP, BLOCK):
+        kk = k0 + tl.arange(0, BLOCK)
+        m = kk < K
+        kid = tl.load(keep_ptr + b * sk_b + kk.to(tl.int64) * sk_k, mask=m, other=0).to(tl.int64)
+        cid = tl.load(cid_ptr + b * sc_b + kid * sc_n, mask=m, other=0)
+        slot = tl.where(m, tl.where(cid >= 0, cid, clusters), -1)
+        for s in range(0, slots if S_LOOP < 0 else S_LOOP):
+            ms = slot == s
+            rank = tl.cumsum(ms.to(tl.int32), axis=0) - 1
+            base = tl.sum(tl.where(sidx == s, counts, 0), axis=0)
+            tl.store(order_ptr + (b * slots + s) * K + base + rank, kk, mask=ms)
+            counts += tl.where(sidx == s, tl.sum(ms.to(tl.int32), axis=0), 0)
+    tl.store(count_ptr + b * slots + sidx, counts, mask=sidx < slots)
+
+
+@triton.jit
+def _reconstruct_kept_kernel(
+    full_ptr, xs_ptr, keep_ptr, order_ptr, count_ptr, out_ptr, mean_ptr,
+    K, N, C, clusters,
+    sf_b, sf_k, sf_c, sx_b, sx_n, sx_c, sk_b, sk_k,
+    FDTYPE: tl.constexpr, ACC: tl.constexpr, UNROLL: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    """Program (b, slot s, channel block): for the kept tokens k of slot s, in keep_idx
+    order, out[b, keep_idx[b, k]] = full[b, k] and sum += full[b, k] - x_stage[b, keep_idx[b, k]];
+    then mean[b, s] = sum / max(count, 1).
+
+    The slot's rows are visited in order, UNROLL per iteration (their loads are
+    independent, so they are in flight together); each row's delta is added to the
+    running sum before the next row's, so the result equals the reference's ordered
+    scatter_add_ and does not depend on the block sizes."""
+    b = tl.program_id(0).to(tl.int64)
+    s = tl.program_id(1)
+    slots = clusters + 1
+    cols = (tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)).to(tl.int64)
+    cmask = cols < C
+    n_s = tl.load(count_ptr + b * slots + s)
+    order = order_ptr + (b * slots + s) * K
+    acc = tl.zeros([BLOCK_C], dtype=ACC)
+    i0 = n_s * 0
+    while i0 < n_s:  # a data-dependent trip count
+        for r in tl.static_range(UNROLL):
+            live = i0 + r < n_s
+            k = tl.load(order + i0 + r, mask=live, other=0).to(tl.int64)
+            kid = tl.load(keep_ptr + b * sk_b + k * sk_k, mask=live, other=0).to(tl.int64)
+            m = cmask & live
+            f = tl.load(full_ptr + b * sf_b + k * sf_k + cols * sf_c, mask=m, other=0.0)
+            xk = tl.load(xs_ptr + b * sx_b + kid * sx_n + cols * sx_c, mask=m, other=0.0)
+            tl.store(out_ptr + (b * N + kid) * C + cols, f, mask=m)
+            # delta in the storage dtype, as (full - x_stage.to(full.dtype)) is in PyTorch;
+            # a row past the end gives 0, and acc + 0 == acc (acc is never -0.0)
+            d = _round_to(f.to(ACC) - _round_to(xk, FDTYPE).to(ACC), FDTYPE).to(ACC)
+            acc += d
+        i0 += UNROLL
+    denom = tl.maximum(n_s.to(ACC), 1.0)
+    if ACC == tl.float64:
+        mean = acc / denom  # IEEE in fp64
+    else:
+        mean = tl.div_rn(acc, denom)
+    tl.store(mean_ptr + (b * slots + s) * C + cols, mean, mask=cmask)
+
+
+@triton.jit
+def _reconstruct_pruned_kernel(
+    xs_ptr, prune_ptr, cid_ptr, mean_ptr, out_ptr,
+    NP, N, C, clusters,
+    sx_b, sx_n, sx_c, sp_b, sp_k, sc_b, sc_n,
+    FDTYPE: tl.constexpr, ACC: tl.constexpr, RESIDUAL: tl.constexpr,
+    BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    """out[b, prune_idx[b, j]] = x_stage[b, prune_idx[b, j]] (+ mean[b, slot] when RESIDUAL)."""
+    b = tl.program_id(0).to(tl.int64)
+    rows = tl.program_id(1) * BLOCK_R + tl.arange(0, BLOCK_R)
+    cols = (tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)).to(tl.int64)
+    rmask = rows < NP
+    mask = rmask[:, None] & (cols < C)[None, :]
+    pos = tl.load(prune_ptr + b * sp_b + rows.to(tl.int64) * sp_k, mask=rmask, other=0).to(tl.int64)
+    xv = tl.load(xs_ptr + b * sx_b + pos[:, None] * sx_n + cols[None, :] * sx_c, mask=mask, other=0.0)
+    v = _round_to(xv, FDTYPE)
+    if RESIDUAL:
+        cid = tl.load(cid_ptr + b * sc_b + pos * sc_n, mask=rmask, other=0)
+        slot = tl.where(cid >= 0, cid, clusters).to(tl.int64)
+        mean = tl.load(mean_ptr + (b * (clusters + 1) + slot)[:, None] * C + cols[None, :], mask=mask, other=0.0)
+        v = _round_to(v.to(ACC) + mean, FDTYPE)
+    tl.store(out_ptr + (b * N + pos)[:, None] * C + cols[None, :], v, mask=mask)
+
+
+@triton.jit
+def _scatter_rows_kernel(
+    src_ptr, idx_ptr, out_ptr, K, N, C,
+    ss_b, ss_k, ss_c, si_b, si_k,
+    BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    """out[b, idx[b, r], :] = src[b, r, :] (out contiguous (B, N, C); indices unique)."""
+    b = tl.program_id(0).to(tl.int64)
+    rows = tl.program_id(1) * BLOCK_R + tl.arange(0, BLOCK_R)
+    cols = (tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)).to(tl.int64)
+    rmask = rows < K
+    mask = rmask[:, None] & (cols < C)[None, :]
+    rows64 = rows.to(tl.int64)
+    pos = tl.load(idx_ptr + b * si_b + rows64 * si_k, mask=rmask, other=0).to(tl.int64)
+    v = tl.load(src_ptr + b * ss_b + rows64[:, None] * ss_k + cols[None, :] * ss_c, mask=mask)
+    tl.store(out_ptr + (b * N + pos)[:, None] * C + cols[None, :], v, mask=mask)
+
+
+def reconstruct_stage(
+    full: torch.Tensor,
+    x_stage: torch.Tensor,
+    keep_idx: torch.Tensor,
+    prune_idx: torch.Tensor,
+    cluster_id: torch.Tensor,
+    clusters: int,
+    mode: str,
+) -> torch.Tensor:
+    """Step 7 for one stage, matching ``python_ref.pipeline.reconstruct_stage`` bit for bit
+    on CPU (the cluster sums run in keep_idx order, like the reference's scatter_add_).
+
+    full (B, K, C): final features of the kept tokens (keep_idx order); x_stage (B, N, C)
+    at the stage; keep_idx/prune_idx partition 0..N-1; cluster_id (B, N) in [-1, clusters).
+    Returns a new contiguous (B, N, C) tensor of full's dtype. Deterministic: no atomics.
+    A bf16 ``full`` with a fp64 ``x_stage`` rounds x_stage through fp32 (double rounding,
+    at most 1 ulp apart from PyTorch's direct fp64 -> bf16 cast); every other pairing is
+    exact.
+    """
+    if mode not in ("residual", "frozen"):
+        raise ValueError(f"reconstruct_stage: mode must be 'residual' or 'frozen', got {mode!r}")
+    b, k, c = full.shape
+    n = x_stage.shape[1]
+    n_pruned = prune_idx.shape[1]
+    out = torch.empty((b, n, c), dtype=full.dtype, device=full.device)
+    if out.numel() == 0:
+        return out
+    fdtype = _TL_DTYPES[full.dtype]
+    f64 = full.dtype == torch.float64
+    acc = tl.float64 if f64 else tl.float32
+    residual = mode == "residual"
+    slots = clusters + 1
+    # per-(image, slot) means of full - x_stage over the slot's kept tokens (residual mode)
+    mean = torch.empty((b, slots, c) if residual else (0,), dtype=torch.float64 if f64 else torch.float32,
+                       device=full.device)
+    if residual:
+        order = torch.empty((b, slots, k), dtype=torch.int32, device=full.device)
+        counts = torch.empty((b, slots), dtype=torch.int32, device=full.device)
+        block = min(triton.next_power_of_2(max(k, 1)), _common.block_cap(1024, 1 << 16))
+        _slot_partition_kernel[(b,)](
+            keep_idx, cluster_id, order, counts, k, clusters,
+            keep_idx.stride(0), keep_idx.stride(1), cluster_id.stride(0), cluster_id.stride(1),
+            SPAD=triton.next_power_of_2(slots), BLOCK=block, K_LOOP=loop_bound(k), S_LOOP=loop_bound(slots),
+            num_warps=4,
+        )
+        block_c = min(triton.next_power_of_2(c), _common.block_cap(256, 4096))
+        unroll = _common.block_cap(8, 4)
+        _reconstruct_kept_kernel[(b, slots, triton.cdiv(c, block_c))](
+            full, x_stage, keep_idx, order, counts, out, mean,
+            k, n, c, clusters,
+            full.stride(0), full.stride(1), full.stride(2),
+            x_stage.stride(0), x_stage.stride(1), x_stage.stride(2),
+            keep_idx.stride(0), keep_idx.stride(1),
+            FDTYPE=fdtype, ACC=acc, UNROLL=unroll, BLOCK_C=block_c, num_warps=4,
+        )
+    elif k > 0:
+        block_r, block_c = _tiles(k, c)
+        _scatter_rows_kernel[_grid(b, k, c, block_r, block_c)](
+            full, keep_idx, out, k, n, c,
+            full.stride(0), full.stride(1), full.stride(2), keep_idx.stride(0), keep_idx.stride(1),
+            BLOCK_R=block_r, BLOCK_C=block_c, num_warps=4,
+        )
+    if n_pruned > 0:
+        block_r, block_c = _tiles(n_pruned, c)
+        _reconstruct_pruned_kernel[_grid(b, n_pruned, c, block_r, block_c)](
+            x_stage, prune_idx, cluster_id, mean, out,
+            n_pruned, n, c, clusters,
+            x_stage.stride(0), x_stage.stride(1), x_stage.stride(2),
+            prune_idx.stride(0), prune_idx.stride(1), cluster_id.stride(0), cluster_id.stride(1),
+            FDTYPE=fdtype, ACC=acc, RESIDUAL=residual, BLOCK_R=block_r, BLOCK_C=block_c, num_warps=4,
+        )
+    return out
+
+
+_common.register("gather_tokens", gather_tokens)
+_common.register("scatter_tokens", scatter_tokens)
+_common.register("reconstruct_stage", reconstruct_stage)
