@@ -226,8 +226,8 @@ def _check_edge(op: str, edge, tokens, values: bool) -> None:
         finite(op, "edge", edge)
 
 
-def check_select(tokens, ent, edge, keep_ratio_, num_protected_, alpha, entropy_mode, clusters, iters, values: bool) -> None:
-    op = "select"
+def check_select(tokens, ent, edge, keep_ratio_, num_protected_, alpha, entropy_mode, clusters, iters, values: bool,
+                 op: str = "select") -> None:
     tensor(op, "tokens", tokens, 3, "(B, N, C)")
     tensor(op, "ent", ent, 3, "(B, N, Q)")
     same_device(op, tokens=tokens, ent=ent, edge=edge)
@@ -238,6 +238,17 @@ def check_select(tokens, ent, edge, keep_ratio_, num_protected_, alpha, entropy_
     if values:
         finite(op, "tokens", tokens)
         finite(op, "ent", ent)
+
+
+ALLOCATIONS = ("ranked", "proportional")
+
+
+def check_select_tokens(tokens, ent, edge, keep_ratio_, num_protected_, alpha, entropy_mode, clusters, iters,
+                        allocation, values: bool) -> None:
+    check_select(tokens, ent, edge, keep_ratio_, num_protected_, alpha, entropy_mode, clusters, iters, values,
+                 op="select_tokens")
+    if allocation not in ALLOCATIONS:
+        _fail("select_tokens", f"allocation must be one of {ALLOCATIONS}, got {allocation!r}")
 
 
 def check_prune(tokens, attn, edge, keep_ratio_, num_protected_, qs, alpha, entropy_mode, clusters, iters, values: bool) -> None:
@@ -305,8 +316,8 @@ def check_reconstruct_stage(full, x_stage, keep_idx, prune_idx, cluster_id, clus
     if k + prune_idx.shape[1] != n:
         _fail(op, f"keep_idx ({k}) and prune_idx ({prune_idx.shape[1]}) must partition the N={n} tokens of x_stage")
     positive_int(op, "clusters", clusters)
-    if mode not in ("residual", "frozen"):
-        _fail(op, f"mode must be one of ('residual', 'frozen'), got {mode!r}")
+    if mode not in ("residual", "frozen", "nearest"):
+        _fail(op, f"mode must be one of ('residual', 'frozen', 'nearest'), got {mode!r}")
     if not values:
         return
     if n:

@@ -32,7 +32,7 @@ from torch import Tensor
 from python_ref.ops import budget
 from python_ref.pipeline import StageRecord, active_stages
 
-from .models.patching import patch, reconstruct, unpatch
+from .models.patching import DEFAULTS, patch, reconstruct, unpatch
 from .models.vit import ViTSegmenter
 
 
@@ -88,8 +88,9 @@ LVTP_OPTIONS: Dict[str, Callable[[str], object]] = {
     "clusters": int,
     "iters": int,
     "use_edge": _bool,
-    "reconstruct": _choice("residual", "frozen"),
+    "reconstruct": _choice("residual", "frozen", "nearest"),
     "weights": _choice("dynamic", "equal"),
+    "allocation": _choice("ranked", "proportional"),
 }
 
 
@@ -144,9 +145,13 @@ def topk_split(score: Tensor, p: int, k: int) -> Tuple[Tensor, Tensor]:
     return torch.cat([protected, keep], dim=1), prune
 
 
-def _pruned_forward(model: ViTSegmenter, image: Tensor, schedule, scorer: Callable, clusters: int = 8,
-                    iters: int = 10, mode: str = "residual") -> Tensor:
-    """The patched model's forward with ``scorer(x, attn) -> (B, N)`` choosing the tokens."""
+def _pruned_forward(model: ViTSegmenter, image: Tensor, schedule, scorer: Callable, clusters: Optional[int] = None,
+                    iters: Optional[int] = None, mode: Optional[str] = None) -> Tensor:
+    """The patched model's forward with ``scorer(x, attn) -> (B, N)`` choosing the tokens;
+    clustering and reconstruction default to LVTP's (``patching.DEFAULTS``)."""
+    clusters = int(DEFAULTS["clusters"]) if clusters is None else clusters
+    iters = int(DEFAULTS["iters"]) if iters is None else iters
+    mode = str(DEFAULTS["reconstruct"]) if mode is None else mode
     x, grid = model.embed(image)
     p = model.num_prefix_tokens
     stages = active_stages(schedule, len(model.blocks))

@@ -25,6 +25,7 @@ from . import flops as lflops
 from .baselines import METHODS, Method, make_runner, parse_method, release
 from .data.camvid import CLASS_NAMES, NUM_CLASSES, SegSample, load_split
 from .data.metrics import ConfusionMatrix, boundary_mask
+from .models.patching import DEFAULTS
 from .models.vit import ViTSegmenter
 from .progress import Progress
 from .segment import prepare
@@ -49,15 +50,14 @@ class Scores:
 def method_gflops(model: ViTSegmenter, method: Method, schedule, img_hw: Tuple[int, int]) -> float:
     """Analytic GFLOPs per image of ``method`` at ``schedule`` (overheads included)."""
     if method.kind == "lvtp":
-        o = method.options
+        o = dict(DEFAULTS, **method.options)
         shape = model.vit_shape(
-            img_hw, num_orders=len(o.get("qs", (0.5, 1.0, 2.0, 3.0))), clusters=int(o.get("clusters", 8)),
-            iters=int(o.get("iters", 10)), use_edge=bool(o.get("use_edge", True)) and float(o.get("alpha", 0.5)) < 1.0,
-            reconstruct=str(o.get("reconstruct", "residual")),
+            img_hw, num_orders=len(o["qs"]), clusters=int(o["clusters"]), iters=int(o["iters"]),
+            use_edge=bool(o["use_edge"]) and float(o["alpha"]) < 1.0, reconstruct=str(o["reconstruct"]),
         )
         return vit_flops(shape, schedule) / 1e9
     if method.kind in ("evit", "random"):  # score from the attention map: no entropy; same k-means + reconstruction
-        shape = model.vit_shape(img_hw, num_orders=0, use_edge=False)
+        shape = model.vit_shape(img_hw, num_orders=0, use_edge=False, reconstruct=str(DEFAULTS["reconstruct"]))
         return vit_flops(shape, schedule) / 1e9
     if method.kind == "tome":  # matching: (n/2) x (n/2) cosine similarities of head-mean keys per stage
         shape = model.vit_shape(img_hw, num_orders=0, clusters=0, iters=0, use_edge=False, reconstruct="frozen")

@@ -91,13 +91,15 @@ _register(torch.ops.lvtp.attention_entropy, _attention_entropy)
 _register(torch.ops.lvtp.patch_edge_energy, _edge)
 _register(torch.ops.lvtp.kmeans, _kmeans)
 _register(torch.ops.lvtp.select, _select)
+_register(torch.ops.lvtp.select_tokens, _select)  # the allocation costs no FLOPs
 _register(torch.ops.lvtp.prune, _prune)
 
 
-def _reconstruct_stage(full_shape, x_stage_shape, *args, out_shape=None, **kwargs):
+def _reconstruct_stage(full_shape, x_stage_shape, keep_shape, *args, out_shape=None, **kwargs):
     mode = args[-1] if args else kwargs.get("mode", "residual")
     b, n, c = x_stage_shape
-    return b * reconstruct_flops(n, c) if mode == "residual" else 0
+    # protected kept tokens are not similarity candidates; this shape-only formula assumes one (class token)
+    return b * reconstruct_flops(n, c, mode, keep_shape[1], 1 if mode == "nearest" else 0)
 
 
 _register(torch.ops.lvtp.reconstruct_stage, _reconstruct_stage)

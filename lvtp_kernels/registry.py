@@ -47,7 +47,14 @@ SCHEMAS: Dict[str, str] = {
     ),
     "gather_tokens": "(Tensor x, Tensor idx) -> Tensor",
     "scatter_tokens": "(Tensor full, Tensor x, Tensor idx) -> Tensor",
-    # Not in the spec's list: step 7 for one stage, so that a fused kernel can own it.
+    # Not in the spec's list. select with a choice of budget allocation ("ranked" is
+    # the spec's step 5.3, select's behaviour; "proportional": per-cluster shares).
+    "select_tokens": (
+        "(Tensor tokens, Tensor ent, Tensor? edge, float keep_ratio, int num_protected, float alpha, "
+        "str entropy_mode, int clusters, int iters, str allocation) -> (Tensor keep_idx, Tensor prune_idx, "
+        "Tensor cluster_id)"
+    ),
+    # Step 7 for one stage, so that a fused kernel can own it.
     "reconstruct_stage": (
         "(Tensor full, Tensor x_stage, Tensor keep_idx, Tensor prune_idx, Tensor cluster_id, int clusters, "
         "str mode) -> Tensor"
@@ -291,6 +298,20 @@ def _select_outputs(tokens, keep_ratio, num_protected):
         tokens.new_empty((b, n - kept), dtype=torch.int64),
         tokens.new_empty((b, n), dtype=torch.int32),
     )
+
+
+@_impl("select_tokens")
+def _select_tokens(tokens, ent, edge, keep_ratio, num_protected, alpha, entropy_mode, clusters, iters, allocation):
+    args = (tokens, ent, edge, keep_ratio, num_protected, alpha, entropy_mode, clusters, iters, allocation)
+    V.check_select_tokens(*args, values=True)
+    return _run("select_tokens", tokens.device, *args)
+
+
+@_fake("select_tokens")
+def _select_tokens_fake(tokens, ent, edge, keep_ratio, num_protected, alpha, entropy_mode, clusters, iters, allocation):
+    V.check_select_tokens(tokens, ent, edge, keep_ratio, num_protected, alpha, entropy_mode, clusters, iters, allocation,
+                          values=False)
+    return _select_outputs(tokens, keep_ratio, num_protected)
 
 
 @_fake("select")

@@ -12,6 +12,7 @@ from .ops import (
     prune,
     scatter_tokens,
     select,
+    select_tokens,
     tsallis_entropy,
 )
 from .pipeline import reconstruct_stage
@@ -26,4 +27,5 @@ __all__ = [
     "select",
     "tsallis_entropy",
     "reconstruct_stage",
+    "select_tokens",
 ]

@@ -70,8 +70,16 @@ def edge_flops(batch: int, height: int, width: int) -> float:
     return EDGE_FLOPS_PER_PIXEL * batch * height * width
 
 
-def reconstruct_flops(n_in: int, dim: int) -> float:
-    return RECONSTRUCT_FLOPS_PER_VALUE * n_in * dim
+def reconstruct_flops(n_in: int, dim: int, mode: str = "residual", n_kept: int = 0, num_protected: int = 0) -> float:
+    """Step 7 for one stage of n_in tokens (one image). "residual": a subtract per kept value
+    and an add per pruned value; "nearest": the same plus the cosine similarities of every
+    pruned token to every kept non-protected token; "frozen": nothing."""
+    if mode == "frozen":
+        return 0.0
+    total = RECONSTRUCT_FLOPS_PER_VALUE * n_in * dim
+    if mode == "nearest":
+        total += 2.0 * (n_in - n_kept) * (n_kept - num_protected) * dim
+    return total
 
 
 def stage_token_counts(shape: ViTShape, schedule: Sequence[Tuple[int, float]]) -> List[int]:
@@ -99,8 +107,8 @@ def vit_flops(shape: ViTShape, schedule: Sequence[Tuple[int, float]] = ()) -> fl
         total += block_flops(n, dim, shape.mlp_ratio)
         if i in stages:
             total += prune_flops(1, shape.num_heads, n, dim, p, shape.num_orders, shape.clusters, shape.iters)
-            if shape.reconstruct == "residual":
-                total += reconstruct_flops(n, dim)
+            kept = p + budget(n, p, stages[i])
+            total += reconstruct_flops(n, dim, shape.reconstruct, kept, p)
     if stages and shape.use_edge and shape.image_hw[0] > 0:
         total += edge_flops(1, *shape.image_hw)
     total += 2.0 * shape.num_patches * dim * shape.num_classes

@@ -211,12 +211,35 @@ def _order_desc(values: Tensor, index: Tensor) -> Tensor:
     return index[torch.sort(values, descending=True, stable=True).indices]
 
 
+ALLOCATIONS = ("ranked", "proportional")
+
+
+def proportional_quotas(sizes: Sequence[int], budget_k: int) -> List[int]:
+    """Split a budget of K tokens over clusters in proportion to their sizes, exactly:
+    q_c = floor(K m_c / m), and the K - sum q_c leftover tokens go to the clusters with the
+    largest remainders (K m_c mod m), ties to the lower cluster index. Integer arithmetic."""
+    m = sum(sizes)
+    quotas = [(budget_k * s) // m for s in sizes]
+    rems = [(budget_k * s) % m for s in sizes]
+    left = budget_k - sum(quotas)
+    for c in sorted(range(len(sizes)), key=lambda c: (-rems[c], c))[:left]:
+        quotas[c] += 1
+    return quotas
+
+
 def _select_one(
-    feats: Tensor, u: Tensor, n_tokens: int, num_protected: int, keep_ratio: float, clusters: int, iters: int
+    feats: Tensor, u: Tensor, n_tokens: int, num_protected: int, keep_ratio: float, clusters: int, iters: int,
+    allocation: str = "ranked",
 ) -> Tuple[Tensor, Tensor]:
     """Step 5 for one image: feats (n, C) and u (n,) of the non-protected tokens, float64.
 
     Returns the keep mask (n,) and the cluster of each token (n,).
+
+    ``allocation="ranked"`` is the spec's step 5.3 (one ranking over all clusters:
+    representatives, then salient, then plain). ``"proportional"`` gives every semantic
+    cluster a share of the budget proportional to its size (:func:`proportional_quotas`)
+    and fills it in the spec's order within the cluster (representative, salient, plain,
+    each by descending u).
     """
     n = feats.shape[0]
     device = feats.device
@@ -240,6 +263,22 @@ def _select_one(
         split = two_means_split(u[by_u_asc])
         salient.append(by_u_asc[split:])
         plain.append(by_u_asc[:split])
+
+    if allocation == "proportional":
+        keep = torch.zeros(n, dtype=torch.bool, device=device)
+        members_of = [arange[assign == c] for c in range(k)]
+        quotas = proportional_quotas([int(mc.numel()) for mc in members_of], budget(n_tokens, num_protected, keep_ratio))
+        j = 0
+        for c in range(k):
+            if members_of[c].numel() == 0:
+                continue
+            rep = reps[j]
+            sal_c, pla_c = salient[j], plain[j]
+            j += 1
+            sal_c, pla_c = sal_c[sal_c != rep].sort().values, pla_c[pla_c != rep].sort().values
+            order_c = torch.cat([rep[None], _order_desc(u[sal_c], sal_c), _order_desc(u[pla_c], pla_c)])
+            keep[order_c[: quotas[c]]] = True
+        return keep, assign
 
     # 5.3 budget: representatives (best first), then salient, then plain, by descending u
     reps_t = torch.stack(reps).sort().values
@@ -268,6 +307,25 @@ def select(
     iters: int,
 ) -> Tuple[Tensor, Tensor, Tensor]:
     """Steps 2, 4, 5 -> keep_idx (B, P+K) int64, prune_idx (B, N-P-K) int64, cluster_id (B, N) int32."""
+    return select_tokens(tokens, ent, edge, keep_ratio, num_protected, alpha, entropy_mode, clusters, iters, "ranked")
+
+
+def select_tokens(
+    tokens: Tensor,
+    ent: Tensor,
+    edge: Optional[Tensor],
+    keep_ratio: float,
+    num_protected: int,
+    alpha: float,
+    entropy_mode: str,
+    clusters: int,
+    iters: int,
+    allocation: str,
+) -> Tuple[Tensor, Tensor, Tensor]:
+    """:func:`select` with a choice of budget ``allocation`` ("ranked": the spec's step 5.3;
+    "proportional": per-cluster shares, see :func:`_select_one`)."""
+    if allocation not in ALLOCATIONS:
+        raise ValueError(f"select_tokens: allocation must be one of {ALLOCATIONS}, got {allocation!r}")
     b, n_tokens, _ = tokens.shape
     p = num_protected
     u = fused_importance(ent, edge, p, alpha, entropy_mode)
@@ -276,7 +334,7 @@ def select(
     protected = torch.arange(p, device=tokens.device)
     arange = torch.arange(n_tokens - p, device=tokens.device)
     for i in range(b):
-        keep, assign = _select_one(feats[i], u[i, p:], n_tokens, p, keep_ratio, clusters, iters)
+        keep, assign = _select_one(feats[i], u[i, p:], n_tokens, p, keep_ratio, clusters, iters, allocation)
         keep_rows.append(torch.cat([protected, arange[keep] + p]))
         prune_rows.append(arange[~keep] + p)
         cid = torch.full((n_tokens,), -1, dtype=torch.int32, device=tokens.device)

@@ -17,7 +17,7 @@ from torch import Tensor
 
 from . import ops
 
-RECONSTRUCT_MODES = ("residual", "frozen")
+RECONSTRUCT_MODES = ("residual", "frozen", "nearest")
 
 
 def active_stages(schedule: Sequence[Tuple[int, float]], depth: int) -> Dict[int, float]:
@@ -72,6 +72,10 @@ def reconstruct(x_final: Tensor, records: Sequence[StageRecord], mode: str = "re
         for i in range(b):
             kept, pruned = rec.keep_idx[i], rec.prune_idx[i]
             frozen = rec.x_at_stage[i, pruned].to(full.dtype)
+            if mode == "nearest":
+                frozen = frozen + nearest_residual(
+                    full[i : i + 1], rec.x_at_stage[i : i + 1], kept[None], pruned[None], rec.cluster_id[i : i + 1]
+                )[0]
             if mode == "residual":
                 delta = full[i] - rec.x_at_stage[i, kept].to(full.dtype)  # x_j(final) - x_j(s)
                 cid_kept = rec.cluster_id[i, kept]
@@ -86,6 +90,31 @@ def reconstruct(x_final: Tensor, records: Sequence[StageRecord], mode: str = "re
     return full
 
 
+def nearest_keys(x_stage: Tensor, keep_idx: Tensor, prune_idx: Tensor, cluster_id: Tensor) -> Tensor:
+    """For each pruned token, the position in ``keep_idx`` of the most similar kept
+    non-protected token at the stage (cosine similarity of the stage features, computed in
+    float32 or wider; ties to the earlier position), (B, N-K) int64."""
+    acc = torch.promote_types(x_stage.dtype, torch.float32)
+    c = x_stage.shape[-1]
+    xs = x_stage.to(acc)
+    xs = xs / xs.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    kept = torch.gather(xs, 1, keep_idx.long()[..., None].expand(-1, -1, c))
+    pruned = torch.gather(xs, 1, prune_idx.long()[..., None].expand(-1, -1, c))
+    sim = pruned @ kept.transpose(1, 2)  # (B, N-K, K)
+    protected = cluster_id.gather(1, keep_idx.long()) < 0  # never a source
+    sim = sim.masked_fill(protected[:, None, :], float("-inf"))
+    return sim.argmax(dim=-1)
+
+
+def nearest_residual(full: Tensor, x_stage: Tensor, keep_idx: Tensor, prune_idx: Tensor, cluster_id: Tensor) -> Tensor:
+    """``"nearest"`` reconstruction: each pruned token receives the residual
+    ``x_j(final) - x_j(s)`` of its most similar kept token j (:func:`nearest_keys`)."""
+    c = full.shape[-1]
+    j = nearest_keys(x_stage, keep_idx, prune_idx, cluster_id)[..., None].expand(-1, -1, c)
+    kept_at_stage = torch.gather(x_stage.to(full.dtype), 1, keep_idx.long()[..., None].expand(-1, -1, c))
+    return torch.gather(full, 1, j) - torch.gather(kept_at_stage, 1, j)
+
+
 def reconstruct_stage(
     full: Tensor, x_stage: Tensor, keep_idx: Tensor, prune_idx: Tensor, cluster_id: Tensor, clusters: int, mode: str
 ) -> Tensor:
@@ -96,6 +125,8 @@ def reconstruct_stage(
     Kept positions get ``full``; a pruned token of cluster c gets its stage features plus
     (``"residual"``) the mean over kept tokens of cluster c of ``full - x_stage``, summed in
     float32 (float64 for float64 inputs); a cluster with no kept token adds nothing.
+    ``"nearest"`` adds the residual of the single most similar kept token instead
+    (:func:`nearest_residual`); ``"frozen"`` adds nothing.
     ``cluster_id`` is (B, N_s) with ids in [-1, clusters) (-1: protected, never averaged).
     Returns a new contiguous tensor of ``full``'s dtype.
     """
@@ -104,6 +135,8 @@ def reconstruct_stage(
     b, n_s, c = x_stage.shape
     xs = x_stage.to(full.dtype)
     pruned = torch.gather(xs, 1, prune_idx.long()[..., None].expand(-1, -1, c))
+    if mode == "nearest":
+        pruned = pruned + nearest_residual(full, xs, keep_idx, prune_idx, cluster_id)
     if mode == "residual":
         acc = torch.promote_types(full.dtype, torch.float32)
         kept_at_stage = torch.gather(xs, 1, keep_idx.long()[..., None].expand(-1, -1, c))

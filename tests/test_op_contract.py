@@ -37,7 +37,8 @@ OP_NAMES = (
     "prune",
     "gather_tokens",
     "scatter_tokens",
-    "reconstruct_stage",  # the project's addition: step 7 for one stage
+    "select_tokens",  # the project's additions: select with a choice of budget allocation,
+    "reconstruct_stage",  # step 7 for one stage
 )
 # Argument names of each op in schema order (spec).
 ARG_NAMES: Dict[str, tuple] = {
@@ -50,6 +51,9 @@ ARG_NAMES: Dict[str, tuple] = {
     "gather_tokens": ("x", "idx"),
     "scatter_tokens": ("full", "x", "idx"),
     "reconstruct_stage": ("full", "x_stage", "keep_idx", "prune_idx", "cluster_id", "clusters", "mode"),
+    "select_tokens": (
+        "tokens", "ent", "edge", "keep_ratio", "num_protected", "alpha", "entropy_mode", "clusters", "iters", "allocation",
+    ),
 }
 FLOATS = (torch.float32, torch.float16, torch.bfloat16)
 QS = [0.5, 1.0, 2.0, 3.0]
@@ -205,6 +209,17 @@ def _samples() -> Dict[str, Sample]:
             "reconstruct_stage", (fin.to(dt), tokens.to(dt), keep_idx, prune_idx, cluster_id, 3, "residual")
         )
     s["recon-frozen"] = Sample("reconstruct_stage", (fin, tokens, keep_idx, prune_idx, cluster_id, 3, "frozen"))
+    for dt in FLOATS:
+        s[f"recon-nearest-{dt}"] = Sample(
+            "reconstruct_stage", (fin.to(dt), tokens.to(dt), keep_idx, prune_idx, cluster_id, 3, "nearest")
+        )
+
+    # select_tokens
+    for alloc in ("ranked", "proportional"):
+        s[f"select-tokens-{alloc}"] = Sample("select_tokens", (tokens, ent, edge, 0.5, 1, 0.5, "high", 4, 5, alloc))
+    s["select-tokens-fp16-noncontig"] = Sample(
+        "select_tokens", (_noncontig(tokens).half(), _noncontig(ent), None, 0.3, 2, 0.5, "low", 3, 2, "proportional")
+    )
     s["recon-noncontig"] = Sample(
         "reconstruct_stage",
         (_noncontig(fin), _noncontig(tokens), keep_idx.t().contiguous().t(), prune_idx, cluster_id.long(), 3, "residual"),
@@ -266,6 +281,11 @@ SPEC_SCHEMAS = {
     "reconstruct_stage": (
         "lvtp::reconstruct_stage(Tensor full, Tensor x_stage, Tensor keep_idx, Tensor prune_idx, "
         "Tensor cluster_id, int clusters, str mode) -> Tensor"
+    ),
+    "select_tokens": (
+        "lvtp::select_tokens(Tensor tokens, Tensor ent, Tensor? edge, float keep_ratio, int num_protected, "
+        "float alpha, str entropy_mode, int clusters, int iters, str allocation) -> (Tensor keep_idx, "
+        "Tensor prune_idx, Tensor cluster_id)"
     ),
 }
 
@@ -529,6 +549,10 @@ def _base_args(op: str) -> Dict[str, Any]:
         "gather_tokens": dict(x=tokens, idx=_unique_idx(B, N, 4, seed=10)),
         "scatter_tokens": dict(full=tokens, x=_randn(B, 4, C, seed=11), idx=_unique_idx(B, N, 4, seed=12)),
         "reconstruct_stage": _recon_args(tokens),
+        "select_tokens": dict(
+            tokens=tokens, ent=_rand(B, N, 4, seed=8), edge=_rand(B, N, seed=9), keep_ratio=0.5, num_protected=1,
+            alpha=0.5, entropy_mode="low", clusters=3, iters=2, allocation="proportional",
+        ),
     }[op]
 
 
@@ -793,6 +817,14 @@ def _bad_cases() -> List:
     c[f"{op}-idx-N"] = Bad(op, "keep_idx", False, also=str(N_BASE), keep_idx=_set("keep_idx", (1, 1), N_BASE))
     c[f"{op}-clusters-0"] = Bad(op, "clusters", True, clusters=0)
     c[f"{op}-mode"] = Bad(op, "mode", True, mode="mean")
+
+    # select_tokens: select's checks (shared validator) plus the allocation
+    op = "select_tokens"
+    common(op, ["tokens", "ent", "edge"], "tokens")
+    nonfinite(op, "tokens")
+    select_scalars(op)
+    c[f"{op}-allocation"] = Bad(op, "allocation", True, allocation="greedy")
+    c[f"{op}-ent-N"] = Bad(op, "ent", True, ent=lambda a: a["ent"][:, :-1])
     return [pytest.param(v, id=k) for k, v in c.items()]
 
 
