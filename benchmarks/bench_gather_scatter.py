@@ -9,7 +9,9 @@ needs TRITON_INTERPRET=1, and is skipped otherwise). Kernels are timed through t
 launchers, without the ops' input validation. K = 0.7 N kept tokens, 8 clusters.
 Memory floors: gather reads and writes K rows; scatter reads N rows (K from x, N - K
 from full) and writes N; reconstruct_stage reads full (K rows) and x_stage (N rows)
-and writes N rows (indices included). torch.compile is timed for the first shape and
+and writes N rows (indices included), in both modes ("reconstruct" is "residual";
+"reconstruct nearest" also runs the (N-K) x K similarity matmul and argmax, whose
+x_stage read the floor does not count again). torch.compile is timed for the first shape and
 dtype only, and not by ``--quick`` on the CPU.
 """
 
@@ -67,7 +69,8 @@ def stage(b, n, c, dtype, device):
 
 def _same_reconstruction(got, want) -> bool:
     """Bit-identical on the CPU; on CUDA the reference's scatter_add_ sums in atomic
-    order, so the results may differ by the last bit of the storage dtype."""
+    order ("residual"), so the results may differ by the last bit of the storage dtype
+    ("nearest" and "frozen" are exact there too)."""
     if got.device.type == "cpu":
         return torch.equal(got, want)
     return torch.allclose(got.float(), want.float(), rtol=1.6e-2 if got.element_size() == 2 else 1e-5, atol=1e-5)
@@ -120,6 +123,14 @@ def bench(shapes, dtypes, device, use_compile: bool, repeats: int) -> List[dict]
                 compiled_ms(pipeline.reconstruct_stage, args, device, comp, repeats),
                 None, lambda: gs.reconstruct_stage(*args),
                 lambda: _same_reconstruction(gs.reconstruct_stage(*args), pipeline.reconstruct_stage(*args)),
+                (b * k * c + 2 * b * n * c) * e + b * n * 12, device, repeats, triton_ok))
+            # reconstruct_stage, nearest mode (similarity matmul + argmax in torch, one Triton pass)
+            args_n = args[:-1] + ("nearest",)
+            rows.append(_row(
+                "reconstruct nearest", shape, dtype, t(lambda: pipeline.reconstruct_stage(*args_n)),
+                compiled_ms(pipeline.reconstruct_stage, args_n, device, comp, repeats),
+                None, lambda: gs.reconstruct_stage(*args_n),
+                lambda: _same_reconstruction(gs.reconstruct_stage(*args_n), pipeline.reconstruct_stage(*args_n)),
                 (b * k * c + 2 * b * n * c) * e + b * n * 12, device, repeats, triton_ok))
     return rows
 

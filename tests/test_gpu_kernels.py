@@ -122,7 +122,7 @@ def test_gather_scatter_exact(dtype, n, c):
     assert torch.equal(torch.ops.lvtp.scatter_tokens(full, got, idx), python_ref.scatter_tokens(full, got, idx))
 
 
-@pytest.mark.parametrize("mode", ["residual", "frozen"])
+@pytest.mark.parametrize("mode", ["residual", "frozen", "nearest"])
 @pytest.mark.parametrize("n", [50, 1025])
 def test_reconstruct_stage(mode, n):
     g = torch.Generator(device="cuda").manual_seed(n)

@@ -248,6 +248,136 @@ def test_reconstruct_two_stages_match_pipeline_reference(gen):
     assert_same(got, want)
 
 
+# --------------------------------------------------------------------------- reconstruct_stage, "nearest"
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(
+    "b,n,c,n_kept,protected",
+    [
+        (1, 2, 3, 1, 0),  # one kept token, one pruned
+        (2, 50, 33, 36, 1),
+        (2, 197, 37, 139, 1),
+        (1, 577, 65, 404, 0),
+    ],
+)
+def test_reconstruct_nearest(gen, dtype, b, n, c, n_kept, protected):
+    args = stage_inputs(gen, b, n, c, n_kept, protected, clusters=6, dtype=dtype)
+    got = _check_reconstruct(*args, 6, "nearest")
+    full, x_stage, keep_idx, prune_idx, cid = args
+    # kept rows are full's, unchanged; the pruned rows do differ from "frozen"
+    assert torch.equal(got.gather(1, keep_idx[..., None].expand(-1, -1, c)), full)
+    frozen = pipeline.reconstruct_stage(full, x_stage, keep_idx, prune_idx, cid, 6, "frozen")
+    assert not torch.equal(got, frozen)
+
+
+def test_reconstruct_nearest_small_tiles(gen, monkeypatch):
+    """GPU-sized tiles (many programs, tiles mixing kept and pruned launch rows, partial
+    channel blocks) give the same result as the interpreter's large ones."""
+    from lvtp_kernels.ops import gather_scatter as gs
+
+    monkeypatch.setattr(gs, "_tiles", lambda rows, c: (4, 8))
+    args = stage_inputs(gen, 2, 50, 19, n_kept=35, protected=1, clusters=4, dtype=torch.bfloat16)
+    _check_reconstruct(*args, 4, "nearest")
+
+
+def test_reconstruct_nearest_picks_nearest_non_protected(gen):
+    """Hand-made: pruned tokens equal (up to scale) to a kept token take its residual;
+    a protected kept token is never a source, even when it is the most similar."""
+    c = 5
+    x_stage = torch.tensor([[[1.0, 0, 0, 0, 0], [0, 1.0, 0, 0, 0], [0, 0, 1.0, 0, 0],
+                             [2.0, 0, 0, 0, 0], [0, 0, 3.0, 0, 0], [0, 0.5, 0, 0, 0]]])
+    keep_idx = torch.tensor([[0, 1, 2]])
+    prune_idx = torch.tensor([[3, 4, 5]])
+    cid = torch.tensor([[-1, 0, 1, 0, 1, 0]], dtype=torch.int32)
+    full = torch.arange(3 * c, dtype=torch.float32).reshape(1, 3, c) + 10.0
+    got = _check_reconstruct(full, x_stage, keep_idx, prune_idx, cid, 2, "nearest")
+    res = full[0] - x_stage[0, :3]
+    # token 3 is parallel to protected token 0: the best non-protected one is a tie
+    # (cosine 0 with tokens 1 and 2), which goes to the earlier position, token 1
+    assert torch.equal(got[0, 3], x_stage[0, 3] + res[1])
+    assert torch.equal(got[0, 4], x_stage[0, 4] + res[2])
+    assert torch.equal(got[0, 5], x_stage[0, 5] + res[1])
+
+
+def test_reconstruct_nearest_all_kept_protected(gen):
+    """Every kept token protected: every similarity is -inf and argmax takes position 0,
+    in the reference and here."""
+    args = stage_inputs(gen, 2, 40, 9, n_kept=3, protected=3, clusters=4)
+    _check_reconstruct(*args, 4, "nearest")
+
+
+def test_reconstruct_nearest_ties_and_edge_cases(gen):
+    """Duplicate kept features (exact ties go to the earlier keep_idx position), a zero
+    row, nothing pruned, and K = 0 (raises, as the reference does)."""
+    full, x_stage, keep_idx, prune_idx, cid = stage_inputs(gen, 2, 30, 7, n_kept=20, protected=1, clusters=3)
+    x_stage[:, keep_idx[0, 5]] = x_stage[:, keep_idx[0, 9]]  # same features at two kept positions (image 0)
+    x_stage[:, prune_idx[0, 0]] = x_stage[:, keep_idx[0, 9]]
+    x_stage[:, prune_idx[0, 1]] = 0.0  # zero norm: similarity 0 with everything
+    want_j = pipeline.nearest_keys(x_stage, keep_idx, prune_idx, cid)
+    assert want_j[0, 0].item() == min(5, 9)
+    _check_reconstruct(full, x_stage, keep_idx, prune_idx, cid, 3, "nearest")
+    # everything kept
+    _check_reconstruct(*stage_inputs(gen, 2, 12, 5, n_kept=12, protected=1, clusters=2), 2, "nearest")
+    # nothing kept
+    xs = rand(gen, 2, 13, 9)
+    with pytest.raises(Exception):
+        pipeline.reconstruct_stage(xs[:, :0], xs, torch.zeros(2, 0, dtype=torch.int64), torch.arange(13).repeat(2, 1),
+                                   torch.zeros(2, 13, dtype=torch.int32), 3, "nearest")
+    with pytest.raises((ValueError, RuntimeError)):
+        torch.ops.lvtp.reconstruct_stage(xs[:, :0], xs, torch.zeros(2, 0, dtype=torch.int64),
+                                         torch.arange(13).repeat(2, 1), torch.zeros(2, 13, dtype=torch.int32), 3,
+                                         "nearest")
+
+
+@pytest.mark.parametrize("dtype", (torch.float32, torch.float16, torch.bfloat16))
+@pytest.mark.parametrize("idx_dtype", (torch.int32, torch.int64))
+def test_reconstruct_nearest_non_contiguous(gen, dtype, idx_dtype):
+    full, x_stage, keep_idx, prune_idx, cid = stage_inputs(
+        gen, 2, 75, 17, n_kept=52, protected=1, clusters=5, dtype=dtype
+    )
+    keep_s = torch.zeros(2, 2 * 52, dtype=idx_dtype)[:, ::2]
+    keep_s.copy_(keep_idx)
+    prune_s = prune_idx.to(idx_dtype).t().contiguous().t()
+    cid_s = cid.to(torch.int64).t().contiguous().t()
+    assert not (keep_s.is_contiguous() or prune_s.is_contiguous() or cid_s.is_contiguous())
+    got = torch.ops.lvtp.reconstruct_stage(strided(full), strided(x_stage), keep_s, prune_s, cid_s, 5, "nearest")
+    assert_same(got, pipeline.reconstruct_stage(full, x_stage, keep_idx, prune_idx, cid, 5, "nearest"))
+
+
+@pytest.mark.parametrize(
+    "dtype,xs_dtype", [(torch.bfloat16, torch.float32), (torch.float32, torch.float16), (torch.float16, torch.bfloat16)]
+)
+def test_reconstruct_nearest_mixed_dtypes(gen, dtype, xs_dtype):
+    args = stage_inputs(gen, 2, 64, 21, n_kept=45, protected=1, clusters=6, dtype=dtype, xs_dtype=xs_dtype)
+    _check_reconstruct(*args, 6, "nearest")
+
+
+def test_reconstruct_nearest_rounds_like_pytorch(gen):
+    """fp16/bf16: the reference rounds full[j] - x_stage[kid_j] to the dtype, then the sum
+    again; a single rounding of the exact fp32 value would differ on some elements. Checks
+    that the inputs do reach such elements (so the bit-exact comparison is meaningful)."""
+    for dtype in (torch.float16, torch.bfloat16):
+        full, x_stage, keep_idx, prune_idx, cid = stage_inputs(gen, 2, 197, 37, 139, 1, 6, dtype=dtype)
+        want = pipeline.reconstruct_stage(full, x_stage, keep_idx, prune_idx, cid, 6, "nearest")
+        c = full.shape[-1]
+        j = pipeline.nearest_keys(x_stage, keep_idx, prune_idx, cid)[..., None].expand(-1, -1, c)
+        xk = torch.gather(x_stage, 1, keep_idx[..., None].expand(-1, -1, c)).float()
+        once = (torch.gather(x_stage, 1, prune_idx[..., None].expand(-1, -1, c)).float()
+                + torch.gather(full.float(), 1, j) - torch.gather(xk, 1, j)).to(dtype)
+        assert not torch.equal(once, want.gather(1, prune_idx[..., None].expand(-1, -1, c)))
+        got = torch.ops.lvtp.reconstruct_stage(full, x_stage, keep_idx, prune_idx, cid, 6, "nearest")
+        assert_same(got, want)
+
+
+def test_reconstruct_nearest_two_stages_match_pipeline_reference(gen):
+    _full1, x1, keep1, prune1, cid1 = stage_inputs(gen, 2, 60, 13, n_kept=42, protected=1, clusters=4)
+    full2, x2, keep2, prune2, cid2 = stage_inputs(gen, 2, 42, 13, n_kept=29, protected=1, clusters=3)
+    got = torch.ops.lvtp.reconstruct_stage(full2, x2, keep2, prune2, cid2, 3, "nearest")
+    got = torch.ops.lvtp.reconstruct_stage(got, x1, keep1, prune1, cid1, 4, "nearest")
+    want = pipeline.reconstruct_stage(full2, x2, keep2, prune2, cid2, 3, "nearest")
+    want = pipeline.reconstruct_stage(want, x1, keep1, prune1, cid1, 4, "nearest")
+    assert_same(got, want)
+
+
 def test_compiles_for_hopper():
     """The kernels compile for sm_90 (offline: Triton's own ptxas, no GPU needed)."""
     pytest.importorskip("triton.backends.nvidia")
@@ -282,6 +412,14 @@ def test_compiles_for_hopper():
             comp(G._reconstruct_pruned_kernel, dict(xs_ptr="*fp32", prune_ptr="*i64", cid_ptr="*i32", mean_ptr=m,
                  out_ptr="*" + dt, **i32("NP", "N", "C", "clusters", "sx_b", "sx_n", "sx_c", "sp_b", "sp_k", "sc_b",
                  "sc_n")), dict(FDTYPE=fd, ACC=acc, RESIDUAL=True, BLOCK_R=8, BLOCK_C=512))
+            comp(G._reconstruct_nearest_kernel, dict(full_ptr="*" + dt, xs_ptr="*fp32", keep_ptr="*i32",
+                 prune_ptr="*i64", near_ptr="*i64", out_ptr="*" + dt, **i32("K", "NP", "N", "C", "sf_b", "sf_k",
+                 "sf_c", "sx_b", "sx_n", "sx_c", "sk_b", "sk_k", "sp_b", "sp_k", "sj_b", "sj_k")),
+                 dict(FDTYPE=fd, ACC=acc, BLOCK_R=4, BLOCK_C=512))
+        comp(G._reconstruct_nearest_kernel, dict(full_ptr="*fp16", xs_ptr="*bf16", keep_ptr="*i64",
+             prune_ptr="*i32", near_ptr="*i64", out_ptr="*fp16", **i32("K", "NP", "N", "C", "sf_b", "sf_k",
+             "sf_c", "sx_b", "sx_n", "sx_c", "sk_b", "sk_k", "sp_b", "sp_k", "sj_b", "sj_k")),
+             dict(FDTYPE=tl.float16, ACC=tl.float32, BLOCK_R=4, BLOCK_C=512))
         """
     )
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}

@@ -16,6 +16,13 @@ int64 offsets and any input strides, and writes a new contiguous output exactly 
   reference's ordered ``scatter_add_`` on CPU. ``_reconstruct_pruned_kernel`` then writes every pruned row once,
   ``x_stage + mean[slot]``. Protected tokens (cluster id -1) share the spare slot
   ``clusters``, exactly as the reference does. ``"frozen"`` skips the sums.
+* ``reconstruct_stage`` (``"nearest"``): the nearest kept token of every pruned token is
+  found with plain torch ops (:func:`nearest_keys`: normalise, batched matmul - cuBLAS on
+  a GPU - mask the protected kept tokens, argmax), written as
+  ``python_ref.pipeline.nearest_keys`` is, so the indices agree with the reference's; then
+  ``_reconstruct_nearest_kernel`` writes every output row once: row r < K of the launch
+  copies ``full[r]`` to ``keep_idx[r]``, row K + p writes pruned token ``prune_idx[p]`` as
+  ``x_stage[prune_idx[p]] + (full[j] - x_stage[keep_idx[j]])`` with j its nearest key.
 
 Casts follow PyTorch exactly: fp16/bf16 arithmetic is done in fp32 and rounded to the
 storage dtype after each operation, as PyTorch's half kernels do; roundings to bf16 use
@@ -31,7 +38,9 @@ import triton.language as tl
 from . import _common
 from .tsallis import loop_bound
 
-__all__ = ["gather_tokens", "scatter_tokens", "reconstruct_stage"]
+__all__ = ["gather_tokens", "scatter_tokens", "reconstruct_stage", "nearest_keys"]
+
+MODES = ("residual", "frozen", "nearest")
 
 _TL_DTYPES = {
     torch.float16: tl.float16,
@@ -277,6 +286,69 @@ def _scatter_rows_kernel(
     tl.store(out_ptr + (b * N + pos)[:, None] * C + cols[None, :], v, mask=mask)
 
 
+@triton.jit
+def _reconstruct_nearest_kernel(
+    full_ptr, xs_ptr, keep_ptr, prune_ptr, near_ptr, out_ptr,
+    K, NP, N, C,
+    sf_b, sf_k, sf_c, sx_b, sx_n, sx_c, sk_b, sk_k, sp_b, sp_k, sj_b, sj_k,
+    FDTYPE: tl.constexpr, ACC: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    """Launch rows r in [0, K + NP), each written once to the output:
+    r < K:       out[b, keep_idx[b, r]] = full[b, r]
+    r = K + p:   out[b, prune_idx[b, p]] = x_stage[b, prune_idx[b, p]] + (full[b, j] - x_stage[b, keep_idx[b, j]])
+                 with j = near[b, p], each operation rounded to full's dtype as PyTorch does."""
+    b = tl.program_id(0).to(tl.int64)
+    rows = tl.program_id(1) * BLOCK_R + tl.arange(0, BLOCK_R)
+    cols = (tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)).to(tl.int64)
+    rows64 = rows.to(tl.int64)
+    kept = rows < K
+    pr = (rows >= K) & (rows < K + NP)
+    p = tl.where(pr, rows64 - K, 0)
+    cmask = (cols < C)[None, :]
+    # kept launch rows: their own token; pruned ones: the token and its nearest key
+    kid = tl.load(keep_ptr + b * sk_b + rows64 * sk_k, mask=kept, other=0).to(tl.int64)
+    pos = tl.load(prune_ptr + b * sp_b + p * sp_k, mask=pr, other=0).to(tl.int64)
+    j = tl.load(near_ptr + b * sj_b + p * sj_k, mask=pr, other=0).to(tl.int64)
+    jid = tl.load(keep_ptr + b * sk_b + j * sk_k, mask=pr, other=0).to(tl.int64)
+    # full row r (kept) or j (pruned): one load for both kinds of rows
+    frow = tl.where(kept, rows64, j)
+    live = (kept | pr)[:, None] & cmask
+    f = tl.load(full_ptr + b * sf_b + frow[:, None] * sf_k + cols[None, :] * sf_c, mask=live, other=0.0)
+    pm = pr[:, None] & cmask
+    xp = tl.load(xs_ptr + b * sx_b + pos[:, None] * sx_n + cols[None, :] * sx_c, mask=pm, other=0.0)
+    xj = tl.load(xs_ptr + b * sx_b + jid[:, None] * sx_n + cols[None, :] * sx_c, mask=pm, other=0.0)
+    # PyTorch: xs = x_stage.to(full.dtype); residual = full[j] - xs[kid_j] (rounded to the
+    # dtype); out = xs[pos] + residual (rounded again). fp16/bf16 are computed in fp32.
+    d = _round_to(f.to(ACC) - _round_to(xj, FDTYPE).to(ACC), FDTYPE).to(ACC)
+    v = _round_to(_round_to(xp, FDTYPE).to(ACC) + d, FDTYPE)
+    dst = tl.where(kept, kid, pos)
+    dst_ptr = out_ptr + (b * N + dst)[:, None] * C + cols[None, :]
+    tl.store(dst_ptr, f, mask=kept[:, None] & cmask)
+    tl.store(dst_ptr, v, mask=pm)
+
+
+def nearest_keys(full_dtype: torch.dtype, x_stage: torch.Tensor, keep_idx: torch.Tensor, prune_idx: torch.Tensor,
+                 cluster_id: torch.Tensor) -> torch.Tensor:
+    """(B, N-K) int64: for each pruned token, the position in keep_idx of the most similar
+    kept non-protected token (cosine similarity of the stage features cast to
+    ``full_dtype``, in float32 or wider; ties to the earlier position, argmax's rule; if
+    every kept token is protected, position 0). The same torch ops, in the same order, as
+    ``python_ref.pipeline.nearest_keys`` on ``x_stage.to(full_dtype)``, so the indices are
+    the reference's (on a GPU the matmul is cuBLAS, under PyTorch's matmul precision
+    setting, as the reference's is). The features are made contiguous first, so the norms
+    do not depend on the input layout."""
+    acc = torch.promote_types(full_dtype, torch.float32)
+    c = x_stage.shape[-1]
+    xs = x_stage.to(full_dtype).to(acc).contiguous()
+    xs = xs / xs.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    kept = torch.gather(xs, 1, keep_idx.long()[..., None].expand(-1, -1, c))
+    pruned = torch.gather(xs, 1, prune_idx.long()[..., None].expand(-1, -1, c))
+    sim = pruned @ kept.transpose(1, 2)  # (B, N-K, K)
+    protected = cluster_id.gather(1, keep_idx.long()) < 0  # never a source
+    sim.masked_fill_(protected[:, None, :], float("-inf"))  # in place: the same values, one buffer less
+    return sim.argmax(dim=-1)
+
+
 def reconstruct_stage(
     full: torch.Tensor,
     x_stage: torch.Tensor,
@@ -295,18 +367,42 @@ def reconstruct_stage(
     A bf16 ``full`` with a fp64 ``x_stage`` rounds x_stage through fp32 (double rounding,
     at most 1 ulp apart from PyTorch's direct fp64 -> bf16 cast); every other pairing is
     exact.
+
+    ``"nearest"``: pruned token i gets ``x_stage[i] + (full[j] - x_stage[keep_idx[j]])``
+    with j from :func:`nearest_keys` (torch ops, the reference's arithmetic). As in the
+    reference, x_stage is first cast to full's dtype and the subtraction and the addition
+    are each rounded to full's dtype (fp16/bf16 computed in fp32, like PyTorch's half
+    kernels): bit-identical to the reference, fp16/bf16 included. With no kept token
+    (K = 0) and pruned tokens it raises, as the reference's argmax does.
     """
-    if mode not in ("residual", "frozen"):
-        raise ValueError(f"reconstruct_stage: mode must be 'residual' or 'frozen', got {mode!r}")
+    if mode not in MODES:
+        raise ValueError(f"reconstruct_stage: mode must be one of {MODES}, got {mode!r}")
     b, k, c = full.shape
     n = x_stage.shape[1]
     n_pruned = prune_idx.shape[1]
+    if mode == "nearest" and k == 0 and n_pruned > 0:
+        # the reference's argmax over zero kept tokens fails too
+        raise ValueError("reconstruct_stage: mode 'nearest' needs at least one kept token when tokens are pruned")
     out = torch.empty((b, n, c), dtype=full.dtype, device=full.device)
     if out.numel() == 0:
         return out
     fdtype = _TL_DTYPES[full.dtype]
     f64 = full.dtype == torch.float64
     acc = tl.float64 if f64 else tl.float32
+    if mode == "nearest":
+        near = nearest_keys(full.dtype, x_stage, keep_idx, prune_idx, cluster_id) if n_pruned > 0 else \
+            torch.zeros((b, 0), dtype=torch.int64, device=full.device)
+        block_r, block_c = _tiles(n, c)
+        _reconstruct_nearest_kernel[_grid(b, n, c, block_r, block_c)](
+            full, x_stage, keep_idx, prune_idx, near, out,
+            k, n_pruned, n, c,
+            full.stride(0), full.stride(1), full.stride(2),
+            x_stage.stride(0), x_stage.stride(1), x_stage.stride(2),
+            keep_idx.stride(0), keep_idx.stride(1), prune_idx.stride(0), prune_idx.stride(1),
+            near.stride(0), near.stride(1),
+            FDTYPE=fdtype, ACC=acc, BLOCK_R=block_r, BLOCK_C=block_c, num_warps=4,
+        )
+        return out
     residual = mode == "residual"
     slots = clusters + 1
     # per-(image, slot) means of full - x_stage over the slot's kept tokens (residual mode)
