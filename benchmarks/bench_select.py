@@ -1,4 +1,5 @@
-"""Selection benchmark: python_ref.select vs torch.ops.lvtp_cpp.select.
+"""Selection benchmark: python_ref.select vs torch.ops.lvtp_cpp.select (allocation "ranked")
+and python_ref.select_tokens vs torch.ops.lvtp_cpp.select_tokens (allocation "proportional").
 
     python -m benchmarks.bench_select [--quick] [--device cpu|cuda]
 
@@ -36,19 +37,25 @@ def main(argv=None) -> int:
     ent = torch.rand(b, n_tok, 4, generator=g).to(dev)
     edge = torch.rand(b, n_tok, generator=g).to(dev)
     a = (tokens, ent, edge, keep, 1, 0.5, "low", clusters, iters)
-    ref_ms = time_ms(lambda: ref.select(*a), dev, warmup=1, repeats=reps)
-    ours_ms = time_ms(lambda: torch.ops.lvtp_cpp.select(*a), dev, warmup=2, repeats=reps * 2)
-    same = all(torch.equal(x.cpu(), y.cpu()) for x, y in zip(ref.select(*a), torch.ops.lvtp_cpp.select(*a)))
-    row = {"N": n_tok, "C": c, "k": clusters, "iters": iters, "B": b, "python_ref_ms": ref_ms, "ours_ms": ours_ms,
-           "speedup": ref_ms / ours_ms, "equal_to_ref": same, "block_ms": None, "select/block_%": None}
+    # ranked: select itself; proportional: select_tokens (per-cluster budget shares)
+    cases = [("ranked", ref.select, torch.ops.lvtp_cpp.select, a)]
+    if hasattr(torch.ops.lvtp_cpp, "select_tokens"):
+        cases.append(("proportional", ref.select_tokens, torch.ops.lvtp_cpp.select_tokens, a + ("proportional",)))
+    block_ms = None
     if dev.type == "cuda":
         block = torch.nn.TransformerEncoderLayer(768, 12, 3072, batch_first=True, norm_first=True).to(dev).eval()
         with torch.inference_mode():
             block_ms = time_ms(lambda: block(tokens), dev, warmup=3, repeats=reps * 2)
-        row["block_ms"] = block_ms
-        row["select/block_%"] = 100.0 * ours_ms / block_ms
-    print_table(f"select ({dev.type})", [row], dev)
-    append_csv("select", [row], dev)
+    rows = []
+    for allocation, ref_fn, ours_fn, args_ in cases:
+        ref_ms = time_ms(lambda: ref_fn(*args_), dev, warmup=1, repeats=reps)
+        ours_ms = time_ms(lambda: ours_fn(*args_), dev, warmup=2, repeats=reps * 2)
+        same = all(torch.equal(x.cpu(), y.cpu()) for x, y in zip(ref_fn(*args_), ours_fn(*args_)))
+        rows.append({"allocation": allocation, "N": n_tok, "C": c, "k": clusters, "iters": iters, "B": b,
+                     "python_ref_ms": ref_ms, "ours_ms": ours_ms, "speedup": ref_ms / ours_ms, "equal_to_ref": same,
+                     "block_ms": block_ms, "select/block_%": None if block_ms is None else 100.0 * ours_ms / block_ms})
+    print_table(f"select ({dev.type})", rows, dev)
+    append_csv("select", rows, dev)
     return 0
 
 

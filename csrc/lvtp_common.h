@@ -19,6 +19,38 @@ constexpr int kClassRep = 0;
 constexpr int kClassSalient = 1;
 constexpr int kClassPlain = 2;
 
+// Budget allocations of select_tokens (python_ref.ops.ALLOCATIONS): "ranked" is the
+// spec's step 5.3 (one ranking over all clusters, select's behaviour); "proportional"
+// gives cluster c the quota python_ref.ops.proportional_quotas (size-proportional,
+// largest remainders) and fills it in the step 5.3 order within the cluster.
+constexpr int kAllocRanked = 0;
+constexpr int kAllocProportional = 1;
+
+// The allocation code of a name ("ranked" / "proportional"), or -1 for any other.
+// A template so that the .cu files (which never call it) need no string type.
+template <typename Str>
+inline int allocation_from_name(const Str& name) {
+  if (name == "ranked") return kAllocRanked;
+  if (name == "proportional") return kAllocProportional;
+  return -1;
+}
+
+// python_ref.ops.proportional_quotas for cluster j of sizes[0..k), m = sum sizes >= 1:
+// floor(K m_j / m), plus one when j is among the (K - sum floor) clusters with the
+// largest remainders (K m_j) mod m, ties to the lower index. Integer arithmetic.
+// Host-only helper (the CUDA kernel computes the same per warp).
+inline int64_t proportional_quota(const int64_t* sizes, int64_t k, int64_t m, int64_t K, int64_t j) {
+  int64_t left = K;
+  for (int64_t c = 0; c < k; ++c) left -= (K * sizes[c]) / m;
+  const int64_t rj = (K * sizes[j]) % m;
+  int64_t rank = 0;  // clusters before j in (-remainder, index) order
+  for (int64_t c = 0; c < k; ++c) {
+    const int64_t rc = (K * sizes[c]) % m;
+    rank += (rc > rj) || (rc == rj && c < j);
+  }
+  return (K * sizes[j]) / m + (rank < left ? 1 : 0);
+}
+
 // python_ref.ops.budget: K = max(1, floor(keep_ratio * (N - P) + 0.5)).
 inline int64_t budget(int64_t n_tokens, int64_t num_protected, double keep_ratio) {
   const double v = keep_ratio * static_cast<double>(n_tokens - num_protected) + 0.5;

@@ -3,6 +3,7 @@
 //
 //   lvtp_cpp::kmeans  == python_ref.kmeans   (assignments equal up to near-ties)
 //   lvtp_cpp::select  == python_ref.select   (bit-identical outputs on CPU)
+//   lvtp_cpp::select_tokens == python_ref.select_tokens (allocation "ranked" is select)
 //
 // The public torch.ops.lvtp.{kmeans,select} validate their inputs in Python and then call
 // these ops through the "cpp"/"cuda" backends (lvtp_kernels/_ext.py). The checks here
@@ -399,8 +400,9 @@ int64_t two_means_split(const double* u, int64_t m, std::vector<double>& s1, std
 }
 
 // Step 5 for one image: x (n x C, L2-normalised, float64), u (n) -> keep (n) and assign (n).
+// allocation: kAllocRanked (step 5.3) or kAllocProportional (per-cluster quotas).
 void select_one(const double* x, const double* u, int64_t n, int64_t C, int64_t clusters, int64_t iters,
-                int64_t budget_k, uint8_t* keep, int64_t* assign) {
+                int64_t budget_k, int allocation, uint8_t* keep, int64_t* assign) {
   const int64_t k = std::min(clusters, n);
   // desc order of u, ties by lower index (torch.sort(descending=True, stable=True))
   std::vector<int64_t> desc(n);
@@ -441,8 +443,24 @@ void select_one(const double* x, const double* u, int64_t n, int64_t C, int64_t 
       cls[t] = kClassRep;
     }
   }
-  // 5.3 order: reps, salient, plain; each by desc u (ties by lower index); keep the first K.
   std::memset(keep, 0, static_cast<size_t>(n));
+  if (allocation == kAllocProportional) {
+    // Cluster j keeps its first quota[j] tokens in the order reps, salient, plain, each by
+    // desc u (ties by lower index): one pass per class over desc, a counter per cluster.
+    std::vector<int64_t> sizes(k), left(k);
+    for (int64_t j = 0; j < k; ++j) sizes[j] = count[j + 1] - count[j];
+    for (int64_t j = 0; j < k; ++j) left[j] = proportional_quota(sizes.data(), k, n, budget_k, j);
+    for (int cl = kClassRep; cl <= kClassPlain; ++cl)
+      for (int64_t i = 0; i < n; ++i) {
+        const int64_t t = desc[i], j = assign[t];
+        if (cls[t] == cl && left[j] > 0) {
+          keep[t] = 1;
+          --left[j];
+        }
+      }
+    return;
+  }
+  // 5.3 order: reps, salient, plain; each by desc u (ties by lower index); keep the first K.
   int64_t taken = 0;
   for (int cl = kClassRep; cl <= kClassPlain && taken < budget_k; ++cl)
     for (int64_t i = 0; i < n && taken < budget_k; ++i)
@@ -468,11 +486,20 @@ void check_select_args(const Tensor& tokens, const Tensor& ent, const std::optio
   TORCH_CHECK(clusters >= 1 && iters >= 1, "lvtp_cpp.select: clusters and iters must be >= 1");
 }
 
-std::tuple<Tensor, Tensor, Tensor> select_cpu(const Tensor& tokens, const Tensor& ent,
-                                              const std::optional<Tensor>& edge, double keep_ratio,
-                                              int64_t num_protected, double alpha, c10::string_view entropy_mode,
-                                              int64_t clusters, int64_t iters) {
+int check_allocation(c10::string_view allocation) {
+  const int a = allocation_from_name(allocation);
+  TORCH_CHECK(a >= 0, "lvtp_cpp.select_tokens: allocation must be 'ranked' or 'proportional', got '",
+              std::string(allocation.data(), allocation.size()), "'");
+  return a;
+}
+
+std::tuple<Tensor, Tensor, Tensor> select_tokens_cpu(const Tensor& tokens, const Tensor& ent,
+                                                     const std::optional<Tensor>& edge, double keep_ratio,
+                                                     int64_t num_protected, double alpha,
+                                                     c10::string_view entropy_mode, int64_t clusters, int64_t iters,
+                                                     c10::string_view allocation_name) {
   check_select_args(tokens, ent, edge, keep_ratio, num_protected, entropy_mode, clusters, iters);
+  const int allocation = check_allocation(allocation_name);
   const int64_t B = tokens.size(0), N = tokens.size(1), C = tokens.size(2), P = num_protected, n = N - P;
   const int64_t K = budget(N, P, keep_ratio);
   const Tensor u = fused_importance_aten(ent, edge, P, alpha, entropy_mode).slice(1, P).contiguous();
@@ -493,7 +520,7 @@ std::tuple<Tensor, Tensor, Tensor> select_cpu(const Tensor& tokens, const Tensor
   int64_t* ap = assign.data_ptr<int64_t>();
   at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b)
-      select_one(xp + b * n * C, up + b * n, n, C, clusters, iters, K, kp + b * n, ap + b * n);
+      select_one(xp + b * n * C, up + b * n, n, C, clusters, iters, K, allocation, kp + b * n, ap + b * n);
   });
 
   Tensor keep_idx = at::empty({B, P + K}, tokens.options().dtype(at::kLong));
@@ -523,6 +550,15 @@ std::tuple<Tensor, Tensor, Tensor> select_cpu(const Tensor& tokens, const Tensor
   return {keep_idx, prune_idx, cluster_id};
 }
 
+// select == select_tokens with the spec's "ranked" allocation.
+std::tuple<Tensor, Tensor, Tensor> select_cpu(const Tensor& tokens, const Tensor& ent,
+                                              const std::optional<Tensor>& edge, double keep_ratio,
+                                              int64_t num_protected, double alpha, c10::string_view entropy_mode,
+                                              int64_t clusters, int64_t iters) {
+  return select_tokens_cpu(tokens, ent, edge, keep_ratio, num_protected, alpha, entropy_mode, clusters, iters,
+                           "ranked");
+}
+
 }  // namespace
 }  // namespace lvtp
 
@@ -531,9 +567,14 @@ TORCH_LIBRARY(lvtp_cpp, m) {
   m.def(
       "select(Tensor tokens, Tensor ent, Tensor? edge, float keep_ratio, int num_protected, float alpha, "
       "str entropy_mode, int clusters, int iters) -> (Tensor keep_idx, Tensor prune_idx, Tensor cluster_id)");
+  m.def(
+      "select_tokens(Tensor tokens, Tensor ent, Tensor? edge, float keep_ratio, int num_protected, float alpha, "
+      "str entropy_mode, int clusters, int iters, str allocation) -> (Tensor keep_idx, Tensor prune_idx, "
+      "Tensor cluster_id)");
 }
 
 TORCH_LIBRARY_IMPL(lvtp_cpp, CPU, m) {
   m.impl("kmeans", &lvtp::kmeans_cpu);
   m.impl("select", &lvtp::select_cpu);
+  m.impl("select_tokens", &lvtp::select_tokens_cpu);
 }

@@ -1,4 +1,4 @@
-// ATen glue of the CUDA clustering ops: CUDA impls of lvtp_cpp::kmeans / lvtp_cpp::select
+// ATen glue of the CUDA clustering ops: CUDA impls of lvtp_cpp::kmeans / select / select_tokens
 // (schemas defined in lvtp_cpu.cpp, module lvtp_kernels._C, which must load first).
 //
 // Inputs are converted once (fp16/bf16 -> fp32, contiguous); kernels run on the current
@@ -58,10 +58,14 @@ std::tuple<Tensor, Tensor> kmeans_cuda(const Tensor& x_in, const Tensor& init, i
   return {c, assign};
 }
 
-std::tuple<Tensor, Tensor, Tensor> select_cuda(const Tensor& tokens_in, const Tensor& ent_in,
-                                               const std::optional<Tensor>& edge_in, double keep_ratio,
-                                               int64_t num_protected, double alpha, c10::string_view entropy_mode,
-                                               int64_t clusters, int64_t iters) {
+std::tuple<Tensor, Tensor, Tensor> select_tokens_cuda(const Tensor& tokens_in, const Tensor& ent_in,
+                                                      const std::optional<Tensor>& edge_in, double keep_ratio,
+                                                      int64_t num_protected, double alpha,
+                                                      c10::string_view entropy_mode, int64_t clusters, int64_t iters,
+                                                      c10::string_view allocation_name) {
+  const int allocation = allocation_from_name(allocation_name);
+  TORCH_CHECK(allocation >= 0, "lvtp_cpp.select_tokens: allocation must be 'ranked' or 'proportional', got '",
+              std::string(allocation_name.data(), allocation_name.size()), "'");
   TORCH_CHECK(tokens_in.dim() == 3, "lvtp_cpp.select: tokens must be (B, N, C)");
   TORCH_CHECK(ent_in.dim() == 3 && ent_in.size(0) == tokens_in.size(0) && ent_in.size(1) == tokens_in.size(1),
               "lvtp_cpp.select: ent must be (B, N, Q) like tokens");
@@ -136,12 +140,21 @@ std::tuple<Tensor, Tensor, Tensor> select_cuda(const Tensor& tokens_in, const Te
                     "select");
   }
   LVTP_CUDA_CHECK(cuda::select_finish(u.data_ptr<double>(), assign.data_ptr<int64_t>(), desc.data_ptr<int32_t>(),
-                                      asc.data_ptr<int32_t>(), B, n, k, P, K, seg.data_ptr<int32_t>(),
+                                      asc.data_ptr<int32_t>(), B, n, k, P, K, allocation, seg.data_ptr<int32_t>(),
                                       starts.data_ptr<int32_t>(), cls.data_ptr<uint8_t>(), keep.data_ptr<uint8_t>(),
                                       s1.data_ptr<double>(), s2.data_ptr<double>(), keep_idx.data_ptr<int64_t>(),
                                       prune_idx.data_ptr<int64_t>(), cluster_id.data_ptr<int32_t>(), stream),
                   "select");
   return {keep_idx, prune_idx, cluster_id};
+}
+
+// select == select_tokens with the spec's "ranked" allocation.
+std::tuple<Tensor, Tensor, Tensor> select_cuda(const Tensor& tokens_in, const Tensor& ent_in,
+                                               const std::optional<Tensor>& edge_in, double keep_ratio,
+                                               int64_t num_protected, double alpha, c10::string_view entropy_mode,
+                                               int64_t clusters, int64_t iters) {
+  return select_tokens_cuda(tokens_in, ent_in, edge_in, keep_ratio, num_protected, alpha, entropy_mode, clusters,
+                            iters, "ranked");
 }
 
 }  // namespace
@@ -150,4 +163,5 @@ std::tuple<Tensor, Tensor, Tensor> select_cuda(const Tensor& tokens_in, const Te
 TORCH_LIBRARY_IMPL(lvtp_cpp, CUDA, m) {
   m.impl("kmeans", &lvtp::kmeans_cuda);
   m.impl("select", &lvtp::select_cuda);
+  m.impl("select_tokens", &lvtp::select_tokens_cuda);
 }

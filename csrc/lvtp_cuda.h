@@ -58,12 +58,15 @@ cudaError_t rank_init_f64(const double* u, const double* x, int64_t x_bstride, c
 
 // Steps 5.2 and 5.3 from u, the cluster assignment and the two orders: keep_idx
 // (B, P + K), prune_idx (B, n - K) int64 ascending, cluster_id (B, P + n) int32.
+// allocation: kAllocRanked (step 5.3, select) or kAllocProportional (per-cluster quotas
+// of python_ref.proportional_quotas, lvtp_common.h); any other -> cudaErrorInvalidValue.
 // Scratch: seg (B*n) int32, starts (B*(k+1)) int32, cls and keep (B*n) uint8,
 // s1 and s2 (B*n) float64.
 cudaError_t select_finish(const double* u, const int64_t* assign, const int32_t* desc_order,
                           const int32_t* asc_order, int64_t B, int64_t n, int64_t k, int64_t P, int64_t K,
-                          int32_t* seg, int32_t* starts, uint8_t* cls, uint8_t* keep, double* s1, double* s2,
-                          int64_t* keep_idx, int64_t* prune_idx, int32_t* cluster_id, cudaStream_t stream);
+                          int allocation, int32_t* seg, int32_t* starts, uint8_t* cls, uint8_t* keep, double* s1,
+                          double* s2, int64_t* keep_idx, int64_t* prune_idx, int32_t* cluster_id,
+                          cudaStream_t stream);
 
 }  // namespace cuda
 }  // namespace lvtp

@@ -137,11 +137,14 @@ __global__ void __launch_bounds__(kThreads) rank_init_kernel(const double* __res
 }
 
 // ----------------------------------------------------------------------------- steps 5.2, 5.3
+// One block per image; one warp per cluster for 5.2 (and, with the proportional
+// allocation, for that cluster's quota and its kept tokens); ranked: warp 0 ranks all.
 __global__ void __launch_bounds__(kThreads) finish_kernel(const double* __restrict__ u_all,
                                                           const int64_t* __restrict__ assign_all,
                                                           const int32_t* __restrict__ desc_all,
                                                           const int32_t* __restrict__ asc_all, int64_t n, int64_t k,
-                                                          int64_t P, int64_t K, int32_t* __restrict__ seg_all,
+                                                          int64_t P, int64_t K, int allocation,
+                                                          int32_t* __restrict__ seg_all,
                                                           int32_t* __restrict__ starts_all, uint8_t* __restrict__ cls_all,
                                                           uint8_t* __restrict__ keep_all, double* __restrict__ s1_all,
                                                           double* __restrict__ s2_all, int64_t* __restrict__ keep_idx,
@@ -245,10 +248,44 @@ __global__ void __launch_bounds__(kThreads) finish_kernel(const double* __restri
       }
     }
     __syncwarp();
+    if (allocation == kAllocProportional) {
+      // python_ref.proportional_quotas, integer arithmetic: q_j = floor(K m_j / n), plus one
+      // when j is among the (K - sum_c floor(K m_c / n)) clusters of largest remainder
+      // (K m_c) mod n, ties to the lower index. Lanes stride over the clusters c.
+      const int64_t mj = K * m;
+      const int64_t rj = mj % n;
+      int64_t floors = 0, rank = 0;
+      for (int64_t c = lane; c < k; c += kWarp) {
+        const int64_t mc = K * static_cast<int64_t>(starts[c + 1] - starts[c]);
+        const int64_t rc = mc % n;
+        floors += mc / n;
+        rank += (rc > rj) || (rc == rj && c < j);
+      }
+#pragma unroll
+      for (int off = kWarp / 2; off > 0; off >>= 1) {
+        floors += __shfl_xor_sync(0xffffffffu, floors, off);
+        rank += __shfl_xor_sync(0xffffffffu, rank, off);
+      }
+      const int64_t quota = mj / n + (rank < K - floors ? 1 : 0);
+      // cluster j keeps its first `quota` members in the order reps, salient, plain, each
+      // by desc u (ties by lower index). All of j's classes were set by this warp.
+      int64_t taken = 0;
+      for (int cl = kClassRep; cl <= kClassPlain && taken < quota; ++cl) {
+        for (int64_t base = 0; base < n && taken < quota; base += kWarp) {
+          const int64_t i = base + lane;
+          const int32_t t = i < n ? desc[i] : 0;
+          const bool f = i < n && assign[t] == j && cls[t] == cl;
+          const unsigned msk = __ballot_sync(0xffffffffu, f);
+          if (f && taken + __popc(msk & lt) < quota) keep[t] = 1;
+          taken += __popc(msk);
+        }
+      }
+      __syncwarp();
+    }
   }
   __syncthreads();
-  // selection order: reps, salient, plain, each by desc u; the first K are kept
-  if (warp == 0) {
+  // ranked: selection order reps, salient, plain, each by desc u; the first K are kept
+  if (allocation == kAllocRanked && warp == 0) {
     int64_t taken = 0;
     for (int cl = kClassRep; cl <= kClassPlain && taken < K; ++cl) {
       for (int64_t base = 0; base < n && taken < K; base += kWarp) {
@@ -352,10 +389,13 @@ cudaError_t rank_init_f64(const double* u, const double* x, int64_t x_bstride, c
 
 cudaError_t select_finish(const double* u, const int64_t* assign, const int32_t* desc_order,
                           const int32_t* asc_order, int64_t B, int64_t n, int64_t k, int64_t P, int64_t K,
-                          int32_t* seg, int32_t* starts, uint8_t* cls, uint8_t* keep, double* s1, double* s2,
-                          int64_t* keep_idx, int64_t* prune_idx, int32_t* cluster_id, cudaStream_t stream) {
+                          int allocation, int32_t* seg, int32_t* starts, uint8_t* cls, uint8_t* keep, double* s1,
+                          double* s2, int64_t* keep_idx, int64_t* prune_idx, int32_t* cluster_id,
+                          cudaStream_t stream) {
   if (B < 1 || n < 1 || k < 1 || k > n || P < 0 || K < 1 || K > n || B > INT32_MAX) return cudaErrorInvalidValue;
-  finish_kernel<<<static_cast<unsigned>(B), kThreads, 0, stream>>>(u, assign, desc_order, asc_order, n, k, P, K, seg,
+  if (allocation != kAllocRanked && allocation != kAllocProportional) return cudaErrorInvalidValue;
+  finish_kernel<<<static_cast<unsigned>(B), kThreads, 0, stream>>>(u, assign, desc_order, asc_order, n, k, P, K,
+                                                                   allocation, seg,
                                                                    starts, cls, keep, s1, s2, keep_idx, prune_idx,
                                                                    cluster_id);
   return cudaGetLastError();

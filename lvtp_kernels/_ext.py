@@ -1,8 +1,10 @@
-"""The compiled clustering ops (csrc/) as backends of torch.ops.lvtp.kmeans / select.
+"""The compiled clustering ops (csrc/) as backends of torch.ops.lvtp.kmeans / select /
+select_tokens.
 
-The extension modules register their own ops, ``torch.ops.lvtp_cpp.kmeans`` and
-``torch.ops.lvtp_cpp.select`` (same schemas as the ``lvtp`` ones, no validation); this
-module loads them, gives them fake kernels (torch.compile / opcheck), and registers them
+The extension modules register their own ops, ``torch.ops.lvtp_cpp.kmeans``,
+``torch.ops.lvtp_cpp.select`` and ``torch.ops.lvtp_cpp.select_tokens`` (same schemas as
+the ``lvtp`` ones, no validation); this module loads them, gives them fake kernels
+(torch.compile / opcheck), and registers them
 with :mod:`lvtp_kernels.registry` as the ``cpp`` backend (CPU tensors) and the ``cuda``
 backend (CUDA tensors). ``torch.ops.lvtp.*`` keep validating first.
 
@@ -69,6 +71,27 @@ def _cuda_available() -> Tuple[bool, str]:
     return ok, why
 
 
+def _has_select_tokens() -> bool:
+    """False for an extension built before lvtp_cpp::select_tokens existed."""
+    try:
+        torch.ops.lvtp_cpp.select_tokens  # noqa: B018
+        return True
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def _stale(available):
+    """``available`` for select_tokens: also unavailable when the built op is missing."""
+
+    def check() -> Tuple[bool, str]:
+        ok, why = available()
+        if ok and not _has_select_tokens():
+            return False, "lvtp_kernels._C predates lvtp_cpp::select_tokens; rebuild the extension"
+        return ok, why
+
+    return check
+
+
 def _register_fakes() -> None:
     @torch.library.register_fake("lvtp_cpp::kmeans")
     def _kmeans_fake(x, init, iters):
@@ -77,6 +100,14 @@ def _register_fakes() -> None:
 
     @torch.library.register_fake("lvtp_cpp::select")
     def _select_fake(tokens, ent, edge, keep_ratio, num_protected, alpha, entropy_mode, clusters, iters):
+        return registry._select_outputs(tokens, keep_ratio, num_protected)
+
+    if not _has_select_tokens():
+        return
+
+    @torch.library.register_fake("lvtp_cpp::select_tokens")
+    def _select_tokens_fake(tokens, ent, edge, keep_ratio, num_protected, alpha, entropy_mode, clusters, iters,
+                            allocation):
         return registry._select_outputs(tokens, keep_ratio, num_protected)
 
 
@@ -88,6 +119,12 @@ def _select(tokens, ent, edge, keep_ratio, num_protected, alpha, entropy_mode, c
     return torch.ops.lvtp_cpp.select(tokens, ent, edge, keep_ratio, num_protected, alpha, entropy_mode, clusters, iters)
 
 
+def _select_tokens(tokens, ent, edge, keep_ratio, num_protected, alpha, entropy_mode, clusters, iters, allocation):
+    return torch.ops.lvtp_cpp.select_tokens(
+        tokens, ent, edge, keep_ratio, num_protected, alpha, entropy_mode, clusters, iters, allocation
+    )
+
+
 _load()
 if _STATUS["cpp"][0]:
     _register_fakes()
@@ -96,3 +133,7 @@ if _STATUS["cpp"][0]:
 for _op, _fn in (("kmeans", _kmeans), ("select", _select)):
     registry.register_backend(_op, "cpp", _fn, devices=("cpu",), available=_cpp_available)
     registry.register_backend(_op, "cuda", _fn, devices=("cuda",), available=_cuda_available)
+registry.register_backend("select_tokens", "cpp", _select_tokens, devices=("cpu",),
+                          available=_stale(_cpp_available))
+registry.register_backend("select_tokens", "cuda", _select_tokens, devices=("cuda",),
+                          available=_stale(_cuda_available))

@@ -209,3 +209,189 @@ def test_select_cuda_public_op_and_opcheck(monkeypatch):
     args = _args(tokens.cuda(), ent.cuda(), edge.cuda(), 0.5, 1, 0.5, "low", 4, 3)
     assert_same(torch.ops.lvtp.select(*args), ref.select(*args))
     torch.library.opcheck(torch.ops.lvtp_cpp.select, args)
+
+
+# --------------------------------------------------------------------------- select_tokens
+# lvtp_cpp::select_tokens (the "cpp"/"cuda" backends of torch.ops.lvtp.select_tokens):
+# allocation "ranked" is select, "proportional" gives every cluster its
+# python_ref.proportional_quotas share. Bit-identical to python_ref.select_tokens on CPU.
+ALLOCS = ("ranked", "proportional")
+
+
+def _tok_args(tokens, ent, edge, keep_ratio, p, alpha, mode, clusters, iters, allocation):
+    return (tokens, ent, edge, keep_ratio, p, alpha, mode, clusters, iters, allocation)
+
+
+def _tok_grid():
+    """Every (n, clusters, C) of the brief for n <= 196; n = 1024 at C 16 / 192 for every
+    cluster count and at C 768 for 8 clusters only (the reference is slow there).
+    Protected tokens, keep ratio and edge rotate with the index."""
+    cases = []
+    i = 0
+    for a, n_tok in enumerate((1, 2, 50, 196, 1024)):
+        for b_, clusters in enumerate((1, 2, 8, 32)):
+            for c_, c in enumerate((16, 192, 768)):
+                if n_tok == 1024 and c == 768 and clusters != 8:
+                    continue
+                p = (0, 1, 5)[i % 3] if n_tok > 5 else (0 if n_tok == 1 else i % 2)
+                keep = (1.0, 0.5, 0.001)[(a + b_ + c_ + 2) % 3]  # every keep along each axis
+                cases.append((n_tok, clusters, c, 1 if n_tok >= 1024 else 2, p, keep, i % 2 == 0,
+                              ("low", "high")[(i // 2) % 2]))
+                i += 1
+    return cases
+
+
+TOK_GRID = _tok_grid()
+
+
+def _tok_id(c):
+    return "n{}-k{}-C{}-B{}-P{}-r{}-{}-{}".format(*c[:6], "edge" if c[6] else "noedge", c[7])
+
+
+@pytest.fixture
+def impl_cpp(monkeypatch):
+    monkeypatch.setenv("LVTP_IMPL", "cpp")
+    assert registry.choose_backend("select_tokens", "cpu") == "cpp"
+
+
+def _cluster_counts(keep_idx, cluster_id, k):
+    """(kept per cluster, size per cluster) of one image, non-protected tokens only."""
+    cid = cluster_id.long()
+    kept = cid[keep_idx]
+    kept = kept[kept >= 0]
+    return (torch.bincount(kept, minlength=k).tolist(), torch.bincount(cid[cid >= 0], minlength=k).tolist())
+
+
+def assert_quotas(out, n_tok, p, keep, clusters):
+    """Proportional: each cluster keeps exactly its proportional_quotas share, sum K."""
+    keep_idx, _, cluster_id = out
+    budget_k = ref.budget(n_tok, p, keep)
+    k = min(clusters, n_tok - p)
+    for i in range(keep_idx.shape[0]):
+        assert torch.equal(keep_idx[i, :p].cpu(), torch.arange(p))
+        kept, sizes = _cluster_counts(keep_idx[i].cpu(), cluster_id[i].cpu(), k)
+        assert sum(kept) == budget_k
+        assert kept == ref.proportional_quotas(sizes, budget_k), (kept, sizes)
+
+
+@needs_cpp
+@pytest.mark.parametrize("allocation", ALLOCS)
+@pytest.mark.parametrize("case", TOK_GRID, ids=_tok_id)
+def test_select_tokens_bit_identical(case, allocation, impl_cpp):
+    n_tok, clusters, c, b, p, keep, with_edge, mode = case
+    tokens, ent, edge = _inputs(n_tok * 1000 + clusters * 10 + c + 1, b, n_tok, c)
+    args = _tok_args(tokens, ent, edge if with_edge else None, keep, p, 0.5, mode, clusters, 10, allocation)
+    got = torch.ops.lvtp.select_tokens(*args)
+    assert_same(got, ref.select_tokens(*args))
+    if allocation == "proportional":
+        assert_quotas(got, n_tok, p, keep, clusters)
+    else:  # ranked is select
+        assert_same(got, torch.ops.lvtp_cpp.select(*args[:-1]))
+
+
+@needs_cpp
+@pytest.mark.parametrize("p", [0, 1, 5])
+@pytest.mark.parametrize("with_edge", [True, False])
+@pytest.mark.parametrize("keep", [1.0, 0.5, 1e-3])
+def test_select_tokens_proportional_settings(p, with_edge, keep, impl_cpp):
+    tokens, ent, edge = _inputs(17 + p, 3, 97, 24)
+    for mode, clusters in (("low", 6), ("high", 13)):
+        args = _tok_args(tokens, ent, edge if with_edge else None, keep, p, 0.3, mode, clusters, 5, "proportional")
+        got = torch.ops.lvtp.select_tokens(*args)
+        assert_same(got, ref.select_tokens(*args))
+        assert_quotas(got, 97, p, keep, clusters)
+
+
+@needs_cpp
+def test_select_tokens_proportional_empty_clusters_and_ties(impl_cpp):
+    """Duplicate tokens (6 distinct, 8 clusters: empty clusters), constant importance,
+    zero-norm tokens, and float64 / bfloat16 inputs."""
+    g = torch.Generator().manual_seed(5)
+    tokens = torch.randn(1, 6, 32, generator=g).repeat(2, 10, 1)
+    ent = torch.full((2, 60, 4), 0.25)
+    for edge in (None, torch.rand(2, 6, generator=g).repeat(1, 10)):
+        for keep in (0.1, 0.5, 1.0):
+            args = _tok_args(tokens, ent, edge, keep, 1, 0.5, "low", 8, 10, "proportional")
+            got = torch.ops.lvtp.select_tokens(*args)
+            assert_same(got, ref.select_tokens(*args))
+            assert_quotas(got, 60, 1, keep, 8)
+            assert min(_cluster_counts(got[0][0], got[2][0], 8)[1]) == 0  # some cluster is empty
+    zeros = torch.zeros(2, 20, 8)
+    zeros[:, ::3] = 1.0
+    args = _tok_args(zeros, torch.rand(2, 20, 4, generator=g), None, 0.5, 0, 0.5, "high", 4, 3, "proportional")
+    assert_same(torch.ops.lvtp.select_tokens(*args), ref.select_tokens(*args))
+    for dtype in (torch.float64, torch.bfloat16):
+        tokens, ent, edge = _inputs(3, 2, 197, 64, dtype=dtype)
+        args = _tok_args(tokens, ent.to(dtype), edge.to(dtype), 0.6, 1, 0.5, "low", 8, 10, "proportional")
+        assert_same(torch.ops.lvtp.select_tokens(*args), ref.select_tokens(*args))
+
+
+@needs_cpp
+def test_select_tokens_opcheck_cpu():
+    tokens, ent, edge = _inputs(2, 2, 40, 16)
+    for allocation in ALLOCS:
+        torch.library.opcheck(torch.ops.lvtp_cpp.select_tokens,
+                              _tok_args(tokens, ent, edge, 0.5, 1, 0.5, "low", 4, 3, allocation))
+        torch.library.opcheck(torch.ops.lvtp_cpp.select_tokens,
+                              _tok_args(tokens, ent, None, 1.0, 0, 0.5, "high", 8, 2, allocation))
+
+
+@needs_cpp
+def test_select_tokens_rejects_unknown_allocation():
+    tokens, ent, edge = _inputs(2, 1, 10, 4)
+    with pytest.raises(RuntimeError, match="allocation"):
+        torch.ops.lvtp_cpp.select_tokens(tokens, ent, edge, 0.5, 1, 0.5, "low", 4, 3, "uniform")
+
+
+TOK_CUDA_CASES = [c for c in TOK_GRID if c[0] != 1024 or c[2] != 16] + [
+    (1025, 8, 768, 8, 1, 0.7, True, "low"),
+    (4097, 8, 64, 2, 1, 0.5, False, "high"),  # n > the rank kernel's tile
+    (3000, 40, 32, 2, 0, 0.3, True, "low"),  # more clusters than warps in the block
+]
+
+
+@needs_cuda
+@pytest.mark.parametrize("allocation", ALLOCS)
+@pytest.mark.parametrize("case", TOK_CUDA_CASES, ids=_tok_id)
+def test_select_tokens_cuda_matches_cpu_and_reference(case, allocation):
+    n_tok, clusters, c, b, p, keep, with_edge, mode = case
+    tokens, ent, edge = _inputs(n_tok * 1000 + clusters * 10 + c + 1, b, n_tok, c)
+    args = _tok_args(tokens, ent, edge if with_edge else None, keep, p, 0.5, mode, clusters, 10, allocation)
+    cuda_args = tuple(a.cuda() if isinstance(a, torch.Tensor) else a for a in args)
+    got = torch.ops.lvtp_cpp.select_tokens(*cuda_args)
+    assert all(t.is_cuda for t in got)
+    assert_same(got, torch.ops.lvtp_cpp.select_tokens(*args))
+    if n_tok <= 1025:
+        assert_same(got, ref.select_tokens(*cuda_args))
+    if allocation == "proportional":
+        assert_quotas(got, n_tok, p, keep, clusters)
+    assert_same(got, torch.ops.lvtp_cpp.select_tokens(*cuda_args))  # deterministic
+
+
+@needs_cuda
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float64])
+def test_select_tokens_cuda_dtypes_and_ties(dtype):
+    tokens, ent, edge = _inputs(3, 2, 197, 64, dtype=dtype)
+    args = _tok_args(tokens, ent.to(dtype), edge.to(dtype), 0.6, 1, 0.5, "low", 8, 10, "proportional")
+    cuda_args = tuple(a.cuda() if isinstance(a, torch.Tensor) else a for a in args)
+    assert_same(torch.ops.lvtp_cpp.select_tokens(*cuda_args), ref.select_tokens(*args))
+    g = torch.Generator().manual_seed(5)
+    tokens = torch.randn(1, 6, 32, generator=g).repeat(2, 10, 1).to(dtype)
+    for keep in (0.1, 0.5, 1.0):
+        args = _tok_args(tokens, torch.full((2, 60, 4), 0.25, dtype=dtype), None, keep, 1, 0.5, "low", 8, 10,
+                         "proportional")
+        cuda_args = tuple(a.cuda() if isinstance(a, torch.Tensor) else a for a in args)
+        assert_same(torch.ops.lvtp_cpp.select_tokens(*cuda_args), ref.select_tokens(*args))
+
+
+@needs_cuda
+def test_select_tokens_cuda_public_op_and_opcheck(monkeypatch):
+    monkeypatch.setenv("LVTP_IMPL", "cuda")
+    assert registry.choose_backend("select_tokens", "cuda") == "cuda"
+    tokens, ent, edge = _inputs(2, 2, 40, 16)
+    for allocation in ALLOCS:
+        args = _tok_args(tokens.cuda(), ent.cuda(), edge.cuda(), 0.5, 1, 0.5, "low", 4, 3, allocation)
+        assert_same(torch.ops.lvtp.select_tokens(*args), ref.select_tokens(*args))
+        torch.library.opcheck(torch.ops.lvtp_cpp.select_tokens, args)
+    with pytest.raises(RuntimeError, match="allocation"):
+        torch.ops.lvtp_cpp.select_tokens(tokens.cuda(), ent.cuda(), None, 0.5, 1, 0.5, "low", 4, 3, "uniform")
