@@ -978,7 +978,7 @@ def _auto_cpu(op: str) -> str:
     composes select) when the extension is built, else the reference."""
     from lvtp_kernels import _ext
 
-    return "cpp" if op in ("kmeans", "select", "prune") and _ext.status()["cpp"][0] else "ref"
+    return "cpp" if op in ("kmeans", "select", "select_tokens", "prune") and _ext.status()["cpp"][0] else "ref"
 
 
 @pytest.mark.parametrize("impl", [None, "auto", "ref"])
