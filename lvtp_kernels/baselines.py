@@ -32,7 +32,7 @@ from torch import Tensor
 from python_ref.ops import budget
 from python_ref.pipeline import StageRecord, active_stages
 
-from .models.patching import DEFAULTS, patch, reconstruct, unpatch
+from .models.patching import DEFAULTS, SPEC_DEFAULTS, patch, reconstruct, unpatch
 from .models.vit import ViTSegmenter
 
 
@@ -47,15 +47,23 @@ class Method:
 METHODS: Dict[str, Method] = {
     m.name: m
     for m in [
-        Method("lvtp", "lvtp", {}, "LVTP with the package defaults"),
+        Method("lvtp", "lvtp", {}, "LVTP with the package defaults (patching.DEFAULTS)"),
         Method("evit", "evit", {}, "EViT-style: top-K by class-token attention"),
         Method("tome", "tome", {}, "ToMe: bipartite soft matching, size-weighted merge, unmerge"),
         Method("random", "random", {}, "random K tokens"),
+        # the spec's method exactly as written (patching.SPEC_DEFAULTS)
+        Method("lvtp-spec", "lvtp", dict(SPEC_DEFAULTS), "LVTP with the spec's defaults"),
+        # one change to the package defaults each
         Method("lvtp-no-edge", "lvtp", {"use_edge": False}, "ablation: no edge term (u = h)"),
         Method("lvtp-shannon", "lvtp", {"qs": (1.0,)}, "ablation: Shannon entropy only (qs=[1])"),
         Method("lvtp-equal-weights", "lvtp", {"weights": "equal"}, "ablation: fixed equal scale weights"),
         Method("lvtp-no-cluster", "lvtp", {"clusters": 1}, "ablation: no clustering (top-K by u)"),
+        Method("lvtp-residual", "lvtp", {"reconstruct": "residual"}, "ablation: per-cluster mean residual (spec)"),
+        Method("lvtp-nearest", "lvtp", {"reconstruct": "nearest"}, "ablation: nearest-token residual"),
         Method("lvtp-frozen", "lvtp", {"reconstruct": "frozen"}, "ablation: frozen reconstruction"),
+        Method("lvtp-ranked", "lvtp", {"allocation": "ranked"}, "ablation: one global ranking (spec step 5.3)"),
+        Method("lvtp-proportional", "lvtp", {"allocation": "proportional"}, "ablation: per-cluster budget shares"),
+        Method("lvtp-low", "lvtp", {"entropy_mode": "low"}, "ablation: entropy_mode low"),
         Method("lvtp-high", "lvtp", {"entropy_mode": "high"}, "ablation: entropy_mode high"),
         Method("lvtp-edge-only", "lvtp", {"alpha": 0.0}, "ablation: edge term only (alpha=0)"),
         Method("lvtp-entropy-only", "lvtp", {"alpha": 1.0}, "ablation: entropy term only (alpha=1)"),
