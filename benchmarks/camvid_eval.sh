@@ -12,7 +12,7 @@ mkdir -p "$OUT"
 args=(--data "$DATA" --split val --no-progress)
 [ -n "$MODEL" ] && args+=(--model "$MODEL")
 "$PY" -m lvtp_kernels eval "${args[@]}" --reductions 0.2,0.3,0.45 \
-  --methods lvtp,lvtp-spec,evit,tome,random --json "$OUT/val_methods.json"
+  --methods lvtp,lvtp-spec,evit,tome,tome-every-layer,random --json "$OUT/val_methods.json"
 "$PY" -m lvtp_kernels eval "${args[@]}" --reductions 0.3,0.45 \
   --methods lvtp-spec,lvtp-ranked,lvtp-residual,lvtp-frozen,lvtp-low,lvtp-high,lvtp-no-edge,lvtp-edge-only,lvtp-entropy-only,lvtp-shannon,lvtp-equal-weights,lvtp-no-cluster \
   --json "$OUT/val_ablations.json"

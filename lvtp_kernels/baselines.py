@@ -15,7 +15,9 @@ survive and how the dense map is rebuilt:
   keys (head mean, cosine), size-weighted merge, proportional attention
   (``log size`` added to the logits) after merging, and unmerge (each merged token
   copies its destination's final features) for the dense map, as ToMe for dense
-  prediction does. It merges at the stage layers to the same counts.
+  prediction does. It merges at the stage layers to the same counts;
+  ``tome-every-layer`` merges a little after every block instead (the paper's
+  setting), at the same analytic GFLOPs.
 * LVTP ablations are patch options (see :data:`METHODS`).
 """
 
@@ -42,6 +44,11 @@ class Method:
     kind: str  # "lvtp" (patch options), "evit", "random", "tome"
     options: Dict[str, object] = field(default_factory=dict)
     help: str = ""
+    every_layer: bool = False  # reduce after every block (ToMe's own setting) instead of LVTP's stage layers
+
+    def stage_layers(self, depth: int) -> Optional[List[int]]:
+        """The layers this method reduces after (None: LVTP's default stage layers)."""
+        return list(range(depth - 1)) if self.every_layer else None
 
 
 METHODS: Dict[str, Method] = {
@@ -50,6 +57,8 @@ METHODS: Dict[str, Method] = {
         Method("lvtp", "lvtp", {}, "LVTP with the package defaults (patching.DEFAULTS)"),
         Method("evit", "evit", {}, "EViT-style: top-K by class-token attention"),
         Method("tome", "tome", {}, "ToMe: bipartite soft matching, size-weighted merge, unmerge"),
+        Method("tome-every-layer", "tome", {}, "ToMe merging after every block (its paper's setting), same GFLOPs",
+               every_layer=True),
         Method("random", "random", {}, "random K tokens"),
         # the spec's method exactly as written (patching.SPEC_DEFAULTS)
         Method("lvtp-spec", "lvtp", dict(SPEC_DEFAULTS), "LVTP with the spec's defaults"),

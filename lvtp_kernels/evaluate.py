@@ -47,20 +47,34 @@ class Scores:
         return self.images / self.seconds if self.seconds > 0 else float("nan")
 
 
-def method_gflops(model: ViTSegmenter, method: Method, schedule, img_hw: Tuple[int, int]) -> float:
-    """Analytic GFLOPs per image of ``method`` at ``schedule`` (overheads included)."""
+def method_shape(model: ViTSegmenter, method: Method, img_hw: Tuple[int, int]) -> ViTShape:
+    """The cost model of ``method``: the transformer plus that method's own overheads."""
     if method.kind == "lvtp":
         o = dict(DEFAULTS, **method.options)
-        shape = model.vit_shape(
+        return model.vit_shape(
             img_hw, num_orders=len(o["qs"]), clusters=int(o["clusters"]), iters=int(o["iters"]),
             use_edge=bool(o["use_edge"]) and float(o["alpha"]) < 1.0, reconstruct=str(o["reconstruct"]),
         )
-        return vit_flops(shape, schedule) / 1e9
     if method.kind in ("evit", "random"):  # score from the attention map: no entropy; same k-means + reconstruction
-        shape = model.vit_shape(img_hw, num_orders=0, use_edge=False, reconstruct=str(DEFAULTS["reconstruct"]))
+        return model.vit_shape(img_hw, num_orders=0, use_edge=False, reconstruct=str(DEFAULTS["reconstruct"]))
+    if method.kind == "tome":  # no entropy, no k-means, unmerge is a copy
+        return model.vit_shape(img_hw, num_orders=0, clusters=0, iters=0, use_edge=False, reconstruct="frozen")
+    raise ValueError(f"unknown method kind {method.kind!r}")
+
+
+def method_schedule(model: ViTSegmenter, method: Method, reduction: float, img_hw: Tuple[int, int]):
+    """The method's stages for a target reduction, solved on its own cost model, so that
+    every method spends the same GFLOPs (within the solver's +-2 points)."""
+    shape = method_shape(model, method, img_hw)
+    return lflops.schedule_for_flops(shape, float(reduction), method.stage_layers(shape.depth))
+
+
+def method_gflops(model: ViTSegmenter, method: Method, schedule, img_hw: Tuple[int, int]) -> float:
+    """Analytic GFLOPs per image of ``method`` at ``schedule`` (overheads included)."""
+    shape = method_shape(model, method, img_hw)
+    if method.kind in ("lvtp", "evit", "random"):
         return vit_flops(shape, schedule) / 1e9
-    if method.kind == "tome":  # matching: (n/2) x (n/2) cosine similarities of head-mean keys per stage
-        shape = model.vit_shape(img_hw, num_orders=0, clusters=0, iters=0, use_edge=False, reconstruct="frozen")
+    if method.kind == "tome":  # plus matching: (n/2) x (n/2) cosine similarities of head-mean keys per stage
         total = vit_flops(shape, schedule)
         stages = active_stages(schedule, shape.depth)
         n = shape.num_patches + shape.num_protected
@@ -122,7 +136,7 @@ def run_eval(
     size = model.cfg.img_size
     samples = load_split(data_dir, split, limit)
     parsed = [parse_method(m) for m in methods]
-    schedules = {float(red): lflops.schedule_for_flops(model.vit_shape(size), float(red)) for red in reductions}
+    schedules = {(float(red), m.name): method_schedule(model, m, red, size) for red in reductions for m in parsed}
     probe = prepare(samples[0].image[None], size)
 
     base = score_runner(model, samples, size, batch, "unpruned", progress)
@@ -142,8 +156,8 @@ def run_eval(
     log(f"eval: unpruned mIoU {base.miou:.2f} boundary {base.boundary_miou:.2f} GFLOPs {base_gflops:.3f} "
         f"{base.images_per_s:.1f} img/s")
     for red in reductions:
-        schedule = schedules[float(red)]
         for method in parsed:
+            schedule = schedules[(float(red), method.name)]
             runner = make_runner(model, method, schedule)
             try:
                 sc = score_runner(runner, samples, size, batch, f"{method.name}@{red:.2f}", progress)

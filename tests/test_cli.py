@@ -110,3 +110,21 @@ def test_demo_rejects_bad_arguments_without_a_traceback(capsys):
     # reachable by argparse, out of reach for the schedule solver: a clear message, exit 2
     assert cli.main(["demo", "--arch", "vit_ti", "--reduction", "0.9", "--size", "64x64", "--repeats", "1", "--out", ""]) == 2
     assert "out of reach" in capsys.readouterr().err
+
+
+def test_demo_runs_the_bundled_reference_model_and_writes_pngs(capsys, tmp_path):
+    from PIL import Image
+
+    assert cli.main(["demo", "--repeats", "1", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "CamVid reference model" in out
+    miou_line = next(ln for ln in out.splitlines() if ln.startswith("mIoU on these 3 labelled"))
+    base, pruned = (float(v) for v in miou_line.split(":")[1].split("unpruned")[0:1] + [miou_line.split(",")[1].split()[0]])
+    assert base > 40.0 and pruned > 40.0  # a trained model, not random weights
+    agree = float(next(ln for ln in out.splitlines() if ln.startswith("GFLOPs cut")).split()[-1].rstrip("%"))
+    assert agree > 90.0
+    pngs = sorted(tmp_path.glob("*.png"))
+    assert len(pngs) == 3
+    for p in pngs:
+        with Image.open(p) as im:
+            assert im.format == "PNG" and im.size[0] > 640 and im.size[1] > 240

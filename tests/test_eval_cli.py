@@ -105,8 +105,11 @@ def test_run_eval_json_structure(eval_result):
         assert r["boundary_miou_drop"] == pytest.approx(b["boundary_miou"] - r["boundary_miou"])
         assert r["images_per_s"] > 0
         assert set(r["per_class"]) == set(lvtp_kernels.data.CLASS_NAMES)
-    # every method runs the same schedule
-    assert len({json.dumps(r["schedule"]) for r in res["results"]}) == 1
+    # every method prunes after the same layers, its keep ratios solved on its own cost
+    # model so that all spend the same GFLOPs (within the solver's tolerance)
+    assert len({json.dumps([s[0] for s in r["schedule"]]) for r in res["results"]}) == 1
+    for r in res["results"]:
+        assert abs(r["reduction"] - 0.3) <= 0.03, r["method"]
 
 
 def test_run_eval_reduction_and_flops(eval_result, model):

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 import lvtp_kernels
+from lvtp_kernels.models.patching import SPEC_DEFAULTS
 from lvtp_kernels.flops import count_flops, vit_flops
 from lvtp_kernels.models import ViTSegmenter, build_model, is_patched, vit_config
 from lvtp_kernels.models.patching import reconstruct as fast_reconstruct
@@ -136,7 +137,8 @@ def test_patched_model_matches_reference_pipeline(mode):
     x = images(3)
     with torch.no_grad():
         ref, ref_records = _reference_forward(model, x, schedule, reconstruct_mode=mode, clusters=4, iters=5)
-        lvtp_kernels.patch(model, schedule=schedule, clusters=4, iters=5, reconstruct=mode, keep_records=True)
+        spec = dict(SPEC_DEFAULTS, clusters=4, iters=5, reconstruct=mode)  # the spec's method, as the reference
+        lvtp_kernels.patch(model, schedule=schedule, keep_records=True, **spec)
         out = model(x)
     records = lvtp_kernels.last_records(model)
     assert [r.layer for r in records] == [1, 3]
@@ -325,3 +327,27 @@ def test_patched_model_runs_the_triton_kernels_under_the_interpreter(monkeypatch
     for a, b in zip(lvtp_kernels.last_records(model), want_records):
         assert torch.equal(a.keep_idx, b.keep_idx) and torch.equal(a.cluster_id, b.cluster_id)
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_reference_model_is_trained_and_prunes_gracefully():
+    # the bundled CamVid model: real accuracy on the bundled labelled val photos, and a
+    # 30 % pruned forward that keeps nearly every pixel's class
+    from lvtp_kernels.cli import ASSETS, DEMO_IMAGES
+    from lvtp_kernels.data.camvid import read_image, read_label
+    from lvtp_kernels.data.metrics import ConfusionMatrix
+    from lvtp_kernels.models import load_reference, reference_info
+    from lvtp_kernels.segment import predict
+
+    model = load_reference()
+    assert model.cfg.stem == "conv" and model.cfg.num_classes == 11 and not model.training
+    meta = reference_info()["meta"]
+    assert meta["train"]["val_miou"] > 50.0
+    images = torch.stack([read_image(str(ASSETS / f"{n}.png")) for n in DEMO_IMAGES])
+    labels = torch.stack([read_label(str(ASSETS / f"{n}_label.png")) for n in DEMO_IMAGES]).long()
+    base = predict(model, images, model.cfg.img_size, tuple(labels.shape[-2:]))
+    cm = ConfusionMatrix(11)
+    cm.update(base, labels)
+    assert cm.miou() > 45.0 and cm.pixel_acc() > 85.0
+    lvtp_kernels.patch(model, flops_reduction=0.3)
+    pruned = predict(model, images, model.cfg.img_size, tuple(labels.shape[-2:]))
+    assert (pruned == base).float().mean() > 0.95
