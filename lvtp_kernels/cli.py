@@ -170,6 +170,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from lvtp_kernels.data.metrics import ConfusionMatrix
     from lvtp_kernels.flops import count_flops, vit_flops
     from lvtp_kernels.models import build_model, load_reference
+    from lvtp_kernels.models.patching import cost_shape
     from lvtp_kernels.segment import prepare
 
     if args.threads:
@@ -196,8 +197,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
         size = args.size or model.cfg.img_size
         what = f"CamVid reference model ({getattr(model, '_lvtp_source', 'reference')}, val mIoU in docs/results.md)"
     model = model.to(device)
+    batch = args.batch or len(inputs)
+    inputs = inputs[:batch]  # a batch smaller than the photo set shows its first photos
     n_img = len(inputs)
-    batch = args.batch or n_img
     photos = torch.stack([resize_to(img, inputs[0][1].shape[-2:]) for _, img, _ in inputs])
     x = prepare(photos, size)
     x = x[torch.arange(batch) % n_img].to(device)
@@ -217,7 +219,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         logits = model(x)
         records = lvtp_kernels.last_records(model)
         ms = _median_ms(lambda: model(x), args.repeats, device)
-        flops = vit_flops(model.vit_shape(size), model._lvtp.schedule)
+        flops = vit_flops(cost_shape(model, size), model._lvtp.schedule)
         counted = count_flops(model, x) / batch
 
     p = model.num_prefix_tokens
@@ -281,7 +283,7 @@ def _demo_pngs(out_dir, inputs, preds, records, model, size, p):
 
     os.makedirs(out_dir, exist_ok=True)
     grid = (size[0] // model.cfg.patch_size, size[1] // model.cfg.patch_size)
-    fate = token_stage_map(records, records[0].x_at_stage.shape[1], p)
+    fate = token_stage_map(records, records[0].x_at_stage.shape[1], p) if records else None
     layers = [r.layer for r in records]
     written = []
     for i, (name, img, lbl) in enumerate(inputs):
@@ -290,9 +292,10 @@ def _demo_pngs(out_dir, inputs, preds, records, model, size, p):
         panels = [("image", small)]
         if lbl is not None:
             panels.append(("label", colorize(lbl)))
-        panels += [("unpruned", colorize(preds["base"][i])), ("LVTP", colorize(preds["lvtp"][i])),
-                   ("tokens: green kept, red/orange/yellow pruned after blocks " + "/".join(map(str, layers)),
-                    stage_overlay(small, fate[i], grid))]
+        panels += [("unpruned", colorize(preds["base"][i])), ("LVTP", colorize(preds["lvtp"][i]))]
+        if fate is not None:
+            panels.append(("tokens: green kept, red/orange/yellow pruned after blocks " + "/".join(map(str, layers)),
+                           stage_overlay(small, fate[i], grid)))
         path = os.path.join(out_dir, f"{name}_lvtp.png")
         compose(panels, columns=len(panels) if len(panels) <= 3 else 3).save(path)
         written.append(path)
@@ -396,7 +399,7 @@ def build_parser() -> argparse.ArgumentParser:
     p_tr = sub.add_parser("train-reference", help="train the reference ViT segmenter on CamVid (resumable)")
     p_tr.add_argument("--data", required=True, help="folder with train.txt/val.txt (e.g. ../shared/camvid)")
     p_tr.add_argument("--out", required=True, help="output folder (last.pt, log.jsonl, model.pt)")
-    p_tr.add_argument("--epochs", type=_positive_int, default=80)
+    p_tr.add_argument("--epochs", type=_positive_int, default=100)
     p_tr.add_argument("--batch", type=_positive_int, default=8)
     p_tr.add_argument("--lr", type=float, default=1e-3)
     p_tr.add_argument("--seed", type=int, default=0)

@@ -26,7 +26,7 @@ from .progress import Progress
 from .segment import predict
 
 DEFAULTS = dict(
-    arch="vit_ti", stem="conv", img_size=(240, 320), epochs=80, batch_size=8, lr=1e-3, min_lr=1e-5, weight_decay=0.05,
+    arch="vit_ti", stem="conv", img_size=(240, 320), epochs=100, batch_size=8, lr=1e-3, min_lr=1e-5, weight_decay=0.05,
     warmup_epochs=3, drop_path=0.1, seed=0, eval_every=5, scale=(0.5, 1.0), jitter=0.25, label_smoothing=0.0,
 )
 
@@ -108,7 +108,7 @@ def train_reference(
     log_path = os.path.join(out_dir, "log.jsonl")
     start_epoch = 0
     if os.path.exists(ckpt_path):
-        ck = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        ck = torch.load(ckpt_path, map_location="cpu", weights_only=True)
         if ck["hp"] != {k: (list(v) if isinstance(v, tuple) else v) for k, v in hp.items()}:
             log(f"train-reference: note: resuming with different settings than {ckpt_path} was written with")
         model.load_state_dict(ck["model"])
@@ -184,7 +184,7 @@ def export_fp16(model: ViTSegmenter, cfg: ViTConfig, path: str, extra: Optional[
 
 def load_checkpoint(path: str, dtype: torch.dtype = torch.float32) -> ViTSegmenter:
     """A model from ``export_fp16``'s file (or a ``last.pt`` training checkpoint), in eval mode."""
-    payload = torch.load(path, map_location="cpu", weights_only=False)
+    payload = torch.load(path, map_location="cpu", weights_only=True)  # no code execution from a checkpoint
     if "state_dict" in payload and "config" in payload:
         cfg, sd = config_from_dict(payload["config"]), payload["state_dict"]
     elif "model" in payload and "config" in payload:

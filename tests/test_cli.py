@@ -123,8 +123,21 @@ def test_demo_runs_the_bundled_reference_model_and_writes_pngs(capsys, tmp_path)
     assert base > 40.0 and pruned > 40.0  # a trained model, not random weights
     agree = float(next(ln for ln in out.splitlines() if ln.startswith("GFLOPs cut")).split()[-1].rstrip("%"))
     assert agree > 90.0
+    row = next(ln for ln in out.splitlines() if ln.startswith("LVTP 30% target")).split()
+    analytic, counted = float(row[3]), float(row[4])
+    assert abs(analytic - counted) / counted < 0.005  # the cost model of the patched options
     pngs = sorted(tmp_path.glob("*.png"))
     assert len(pngs) == 3
     for p in pngs:
         with Image.open(p) as im:
             assert im.format == "PNG" and im.size[0] > 640 and im.size[1] > 240
+
+
+def test_demo_small_batch_and_zero_reduction_do_not_crash(capsys, tmp_path):
+    assert cli.main(["demo", "--batch", "1", "--repeats", "1", "--out", str(tmp_path / "a")]) == 0
+    assert len(list((tmp_path / "a").glob("*.png"))) == 1  # the batch's one photo
+    assert "mIoU on these 1 labelled" in capsys.readouterr().out
+    # no active stage: nothing pruned, the PNGs have no token panel, no traceback
+    assert cli.main(["demo", "--reduction", "0", "--repeats", "1", "--out", str(tmp_path / "b")]) == 0
+    assert "GFLOPs cut 0.0%" in capsys.readouterr().out
+    assert len(list((tmp_path / "b").glob("*.png"))) == 3

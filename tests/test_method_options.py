@@ -135,3 +135,21 @@ def test_patch_accepts_the_new_options_and_reports_them_in_flops():
     with pytest.raises(ValueError, match="allocation"):
         lvtp_kernels.patch(model, schedule=[(1, 0.5)], allocation="greedy")
     lvtp_kernels.unpatch(model)
+
+
+def test_alpha_one_skips_the_edge_term_and_its_cost(monkeypatch):
+    model = build_model("vit_ti", seed=0, img_size=(96, 128), depth=6)
+    x = torch.randn(1, 3, 96, 128)
+    calls = []
+    real = torch.ops.lvtp.patch_edge_energy
+    monkeypatch.setattr(torch.ops.lvtp, "patch_edge_energy", lambda *a: calls.append(1) or real(*a))
+    lvtp_kernels.patch(model, flops_reduction=0.3, alpha=1.0)
+    with torch.no_grad():
+        counted = lvtp_kernels.flops.count_flops(model, x)
+    assert calls == []
+    analytic = lvtp_kernels.flops.vit_flops(model.vit_shape(use_edge=False, reconstruct="nearest"), model._lvtp.schedule)
+    assert abs(counted - analytic) / analytic < 1e-3
+    lvtp_kernels.patch(model, flops_reduction=0.3, alpha=0.3)
+    with torch.no_grad():
+        model(x)
+    assert calls == [1]

@@ -101,7 +101,7 @@ class _LVTPMixin:
     def _pruned_blocks(self, x: Tensor, image: Tensor, st: LVTPState) -> Tensor:
         p = self.num_prefix_tokens
         edge: Optional[Tensor] = None
-        if st.use_edge:
+        if st.use_edge and st.alpha < 1.0:  # alpha = 1 gives the edge term no weight: skip it
             e = torch.ops.lvtp.patch_edge_energy(image, self.cfg.patch_size)
             edge = torch.cat([e.new_zeros(e.shape[0], p), e], dim=1)
         records: List[StageRecord] = []
@@ -212,7 +212,8 @@ def patch(
         raise ValueError(f"patch: allocation must be 'ranked' or 'proportional', got {allocation!r}")
     if flops_reduction is not None:
         shape = model.vit_shape(
-            img_size, num_orders=len(qs), clusters=clusters, iters=iters, use_edge=use_edge, reconstruct=reconstruct
+            img_size, num_orders=len(qs), clusters=clusters, iters=iters, use_edge=use_edge and alpha < 1.0,
+            reconstruct=reconstruct,
         )
         schedule = schedule_for_flops(shape, float(flops_reduction), layers)
     try:
@@ -236,6 +237,18 @@ def patch(
     if not is_patched(model):
         model.__class__ = _patched_class(model.__class__)
     return model
+
+
+def cost_shape(model: nn.Module, img_size: Optional[Tuple[int, int]] = None):
+    """The cost model (``ViTShape``) of a patched model with its LVTP options, for
+    ``lvtp_kernels.flops.vit_flops(cost_shape(model), model._lvtp.schedule)``."""
+    if not is_patched(model):
+        return model.vit_shape(img_size)
+    st = model._lvtp
+    return model.vit_shape(
+        img_size, num_orders=len(st.qs), clusters=st.clusters, iters=st.iters, use_edge=st.use_edge and st.alpha < 1.0,
+        reconstruct=st.reconstruct,
+    )
 
 
 def unpatch(model: nn.Module) -> nn.Module:

@@ -34,5 +34,5 @@ def load_reference(path: Optional[str] = None, dtype: torch.dtype = torch.float3
 
 def reference_info(path: Optional[str] = None) -> dict:
     """Config and training record stored with the checkpoint."""
-    payload = torch.load(path or REFERENCE_PATH, map_location="cpu", weights_only=False)
+    payload = torch.load(path or REFERENCE_PATH, map_location="cpu", weights_only=True)
     return {"config": payload.get("config"), "meta": payload.get("meta", {})}

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from typing import Callable, Tuple
 
+import torch
+
 from .. import registry
 
 
@@ -27,9 +29,26 @@ def triton_devices() -> Tuple[str, ...]:
     return ("cuda", "cpu") if interpreting() else ("cuda",)
 
 
+def on_tensor_device(fn: Callable) -> Callable:
+    """Run ``fn`` with the CUDA device of its first tensor argument current: Triton launches
+    on the current device, so a tensor on cuda:1 with cuda:0 current would otherwise get
+    foreign pointers."""
+
+    def guarded(*args):
+        dev = next((a.device for a in args if isinstance(a, torch.Tensor)), None)
+        if dev is not None and dev.type == "cuda":
+            with torch.cuda.device(dev):
+                return fn(*args)
+        return fn(*args)
+
+    guarded.__name__ = getattr(fn, "__name__", "launcher")
+    guarded.__doc__ = fn.__doc__
+    return guarded
+
+
 def register(op: str, fn: Callable) -> None:
     """Register ``fn`` (the op's arguments in schema order) as the op's ``triton`` backend."""
-    registry.register_backend(op, "triton", fn, devices=triton_devices(), available=triton_status)
+    registry.register_backend(op, "triton", on_tensor_device(fn), devices=triton_devices(), available=triton_status)
 
 
 def block_cap(gpu: int, interp: int) -> int:
