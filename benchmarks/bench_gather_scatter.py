@@ -17,8 +17,7 @@ dtype only, and not by ``--quick`` on the CPU.
 
 from __future__ import annotations
 
-import argparse
-from typing import List, Optional
+from typing import List
 
 import torch
 
@@ -29,19 +28,6 @@ from python_ref import ops as ref
 from python_ref import pipeline
 
 CLUSTERS = 8
-
-
-def compiled_ms(fn, args, device, enabled: bool, repeats: int) -> Optional[float]:
-    """Time torch.compile(fn)(*args), or None when compile is off or fails."""
-    compiled = common.try_compile(fn, enabled=enabled)
-    if compiled is None:
-        return None
-    try:
-        compiled(*args)
-    except Exception as exc:  # noqa: BLE001 - reported as a missing column
-        print(f"torch.compile failed ({type(exc).__name__}); column skipped")
-        return None
-    return common.time_ms(lambda: compiled(*args), device, repeats=repeats, max_s=1.0)
 
 
 def torch_gather(x, idx):
@@ -105,14 +91,14 @@ def bench(shapes, dtypes, device, use_compile: bool, repeats: int) -> List[dict]
             # gather: the kept rows of x_stage
             rows.append(_row(
                 "gather", shape, dtype, t(lambda: ref.gather_tokens(x_stage, keep)),
-                compiled_ms(ref.gather_tokens, (x_stage, keep), device, comp, repeats),
+                common.compiled_ms(ref.gather_tokens, (x_stage, keep), device, comp, repeats),
                 t(lambda: torch_gather(x_stage, keep)), lambda: gs.gather_tokens(x_stage, keep),
                 lambda: torch.equal(gs.gather_tokens(x_stage, keep), ref.gather_tokens(x_stage, keep)),
                 2 * b * k * c * e + keep.numel() * 8, device, repeats, triton_ok))
             # scatter: the final kept features back into the stage map
             rows.append(_row(
                 "scatter", shape, dtype, t(lambda: ref.scatter_tokens(x_stage, full, keep)),
-                compiled_ms(ref.scatter_tokens, (x_stage, full, keep), device, comp, repeats),
+                common.compiled_ms(ref.scatter_tokens, (x_stage, full, keep), device, comp, repeats),
                 t(lambda: torch_scatter(x_stage, full, keep)), lambda: gs.scatter_tokens(x_stage, full, keep),
                 lambda: torch.equal(gs.scatter_tokens(x_stage, full, keep), ref.scatter_tokens(x_stage, full, keep)),
                 2 * b * n * c * e + keep.numel() * 8, device, repeats, triton_ok))
@@ -120,7 +106,7 @@ def bench(shapes, dtypes, device, use_compile: bool, repeats: int) -> List[dict]
             args = (full, x_stage, keep, prune, cid, CLUSTERS, "residual")
             rows.append(_row(
                 "reconstruct", shape, dtype, t(lambda: pipeline.reconstruct_stage(*args)),
-                compiled_ms(pipeline.reconstruct_stage, args, device, comp, repeats),
+                common.compiled_ms(pipeline.reconstruct_stage, args, device, comp, repeats),
                 None, lambda: gs.reconstruct_stage(*args),
                 lambda: _same_reconstruction(gs.reconstruct_stage(*args), pipeline.reconstruct_stage(*args)),
                 (b * k * c + 2 * b * n * c) * e + b * n * 12, device, repeats, triton_ok))
@@ -128,7 +114,7 @@ def bench(shapes, dtypes, device, use_compile: bool, repeats: int) -> List[dict]
             args_n = args[:-1] + ("nearest",)
             rows.append(_row(
                 "reconstruct nearest", shape, dtype, t(lambda: pipeline.reconstruct_stage(*args_n)),
-                compiled_ms(pipeline.reconstruct_stage, args_n, device, comp, repeats),
+                common.compiled_ms(pipeline.reconstruct_stage, args_n, device, comp, repeats),
                 None, lambda: gs.reconstruct_stage(*args_n),
                 lambda: _same_reconstruction(gs.reconstruct_stage(*args_n), pipeline.reconstruct_stage(*args_n)),
                 (b * k * c + 2 * b * n * c) * e + b * n * 12, device, repeats, triton_ok))
@@ -136,27 +122,7 @@ def bench(shapes, dtypes, device, use_compile: bool, repeats: int) -> List[dict]
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="small shapes, one dtype")
-    ap.add_argument("--csv", default=None, help="CSV file to append to (default benchmarks/results/bench.csv)")
-    ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile column")
-    args = ap.parse_args(argv)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.type == "cuda":
-        shapes = [(8, 1025, 768)] if args.quick else [(8, 1025, 768), (8, 4097, 1024)]
-        dtypes = [torch.bfloat16] if args.quick else [torch.bfloat16, torch.float32]
-        repeats = 10
-    else:
-        shapes = [(1, 65, 32)] if args.quick else [(2, 197, 96)]
-        dtypes = [torch.float32]
-        repeats = 3
-        if not _common.interpreting():
-            print("no GPU and TRITON_INTERPRET unset: the Triton column is skipped")
-    use_compile = not args.no_compile and (device.type == "cuda" or not args.quick)
-    rows = bench(shapes, dtypes, device, use_compile=use_compile, repeats=repeats)
-    common.print_table("gather_tokens / scatter_tokens / reconstruct_stage", rows, device)
-    print("csv:", common.append_csv("gather_scatter", rows, device, args.csv))
-
+    common.triton_main("gather_scatter", "gather_tokens / scatter_tokens / reconstruct_stage", __doc__, bench, ([(8, 1025, 768)], [(8, 1025, 768), (8, 4097, 1024)]), ([torch.bfloat16], [torch.bfloat16, torch.float32]), ([(1, 65, 32)], [(2, 197, 96)]), argv)
 
 if __name__ == "__main__":
     main()

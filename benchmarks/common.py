@@ -131,3 +131,50 @@ def append_csv(bench: str, rows: Sequence[dict], device, path: Optional[str] = N
         for r in rows:
             w.writerow({"bench": bench, "device": name, "date": stamp, **r})
     return path
+
+
+def compiled_ms(fn, args, device, enabled: bool, repeats: int) -> Optional[float]:
+    """Time ``torch.compile(fn)(*args)``, or None when compile is off or fails."""
+    compiled = try_compile(fn, enabled=enabled)
+    if compiled is None:
+        return None
+    try:
+        compiled(*args)
+    except Exception as exc:  # noqa: BLE001 - reported as a missing column
+        print(f"torch.compile failed ({type(exc).__name__}); column skipped")
+        return None
+    return time_ms(lambda: compiled(*args), device, repeats=repeats, max_s=1.0)
+
+
+def missing_row(shape: str, dtype, ref_ms: float, compile_ms: Optional[float], **extra) -> dict:
+    """A row whose 'ours' columns are empty (the Triton kernel cannot run here)."""
+    return {"shape": shape, "dtype": str(dtype).replace("torch.", ""), "ref_ms": ref_ms, "compile_ms": compile_ms,
+            "ours_ms": None, "speedup": None, "vs_compile": None, "GB/s": None, "%floor": None, **extra}
+
+
+def triton_main(name: str, title: str, doc: str, bench: Callable, gpu_shapes, gpu_dtypes, cpu_shapes,
+                argv=None) -> None:
+    """The command line shared by the Triton benchmarks. ``gpu_shapes``/``gpu_dtypes``/
+    ``cpu_shapes`` are (quick, full) pairs; ``bench(shapes, dtypes, device, use_compile,
+    repeats)`` returns the rows."""
+    import argparse
+
+    from lvtp_kernels.ops import _common
+
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="small shapes, one dtype")
+    ap.add_argument("--csv", default=None, help="CSV file to append to (default benchmarks/results/bench.csv)")
+    ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile column")
+    args = ap.parse_args(argv)
+    pick = 0 if args.quick else 1
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.type == "cuda":
+        shapes, dtypes, repeats = gpu_shapes[pick], gpu_dtypes[pick], 10
+    else:
+        shapes, dtypes, repeats = cpu_shapes[pick], [torch.float32], 3
+        if not _common.interpreting():
+            print("no GPU and TRITON_INTERPRET unset: the Triton column is skipped")
+    use_compile = not args.no_compile and (device.type == "cuda" or not args.quick)
+    rows = bench(shapes, dtypes, device, use_compile=use_compile, repeats=repeats)
+    print_table(title, rows, device)
+    print("csv:", append_csv(name, rows, device, args.csv))
