@@ -351,3 +351,14 @@ def test_reference_model_is_trained_and_prunes_gracefully():
     lvtp_kernels.patch(model, flops_reduction=0.3)
     pruned = predict(model, images, model.cfg.img_size, tuple(labels.shape[-2:]))
     assert (pruned == base).float().mean() > 0.95
+
+
+def test_reference_model_loads_by_name_and_rejects_unknown_names():
+    from lvtp_kernels.models import load_reference
+    from lvtp_kernels.models.reference import bundled_models
+
+    assert bundled_models() == ["camvid_vit_ti_convstem"]
+    a, b = load_reference("camvid_vit_ti_convstem"), load_reference()
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    with pytest.raises(FileNotFoundError, match="camvid_vit_ti_convstem"):
+        load_reference("no_such_model")

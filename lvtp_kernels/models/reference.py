@@ -15,17 +15,28 @@ REFERENCE_PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__
                               f"{REFERENCE_NAME}.pt")
 
 
+ASSETS = os.path.dirname(REFERENCE_PATH)
+
+
+def bundled_models() -> list:
+    """Names of the checkpoints shipped in lvtp_kernels/assets (``load_reference(name)``)."""
+    return sorted(f[:-3] for f in os.listdir(ASSETS) if f.endswith(".pt"))
+
+
 def load_reference(path: Optional[str] = None, dtype: torch.dtype = torch.float32,
                    device: Optional[str] = None) -> ViTSegmenter:
-    """The CamVid reference model in eval mode (``path``: another checkpoint written by
-    ``lvtp train-reference``, its ``model.pt`` or ``last.pt``)."""
+    """The CamVid reference model in eval mode. ``path``: a bundled model's name
+    (``bundled_models()``, default ``"camvid_vit_ti_convstem"``) or a checkpoint file
+    written by ``lvtp train-reference`` (its ``model.pt`` or ``last.pt``)."""
     from ..train import load_checkpoint
 
     path = path or REFERENCE_PATH
+    if not os.path.isfile(path) and os.path.isfile(os.path.join(ASSETS, f"{path}.pt")):
+        path = os.path.join(ASSETS, f"{path}.pt")
     if not os.path.isfile(path):
         raise FileNotFoundError(
-            f"load_reference: {path!r} not found; train one with `lvtp train-reference --data DIR --out OUT` "
-            "and pass OUT/model.pt"
+            f"load_reference: {path!r} is neither a file nor a bundled model {bundled_models()}; train one with "
+            "`lvtp train-reference --data DIR --out OUT` and pass OUT/model.pt"
         )
     model = load_checkpoint(path, dtype)
     model._lvtp_source = os.path.basename(path)
