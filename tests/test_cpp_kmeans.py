@@ -18,14 +18,7 @@ import lvtp_kernels._ext as ext
 from lvtp_kernels import registry
 from python_ref import ops as ref
 
-HAVE_CPP = ext.status()["cpp"][0]
-HAVE_CUDA = ext.status()["cuda"][0] and torch.cuda.is_available()
-needs_cpp = pytest.mark.skipif(not HAVE_CPP, reason=f"C++ extension not built: {ext.status()['cpp'][1]}")
-needs_cuda = pytest.mark.skipif(
-    not HAVE_CUDA,
-    reason="needs a CUDA GPU and the CUDA extension ("
-    + ("no GPU" if not torch.cuda.is_available() else ext.status()["cuda"][1]) + ")",
-)
+from ext_marks import HAVE_CPP, HAVE_CUDA, needs_cpp, needs_cuda  # noqa: E402,F401
 
 
 def test_extension_required_in_ci():
@@ -33,7 +26,8 @@ def test_extension_required_in_ci():
     if os.environ.get("LVTP_REQUIRE_EXT") != "1":
         pytest.skip("LVTP_REQUIRE_EXT is not 1")
     assert HAVE_CPP, ext.status()["cpp"][1]
-    assert registry.choose_backend("kmeans", "cpu", warn=False) == "cpp"
+    for op in ("kmeans", "select", "select_tokens"):
+        assert registry.choose_backend(op, "cpu", warn=False) == "cpp", op
     assert registry.choose_backend("select", "cpu", warn=False) == "cpp"
 
 

@@ -6,31 +6,15 @@ protected tokens, edge / no edge, both entropy modes and budgets.
 
 from __future__ import annotations
 
-import os
 
 import pytest
 import torch
 
 import lvtp_kernels  # noqa: F401  (registers torch.ops.lvtp.*)
-import lvtp_kernels._ext as ext
 from lvtp_kernels import registry
 from python_ref import ops as ref
 
-HAVE_CPP = ext.status()["cpp"][0]
-HAVE_CUDA = ext.status()["cuda"][0] and torch.cuda.is_available()
-needs_cpp = pytest.mark.skipif(not HAVE_CPP, reason=f"C++ extension not built: {ext.status()['cpp'][1]}")
-needs_cuda = pytest.mark.skipif(
-    not HAVE_CUDA,
-    reason="needs a CUDA GPU and the CUDA extension ("
-    + ("no GPU" if not torch.cuda.is_available() else ext.status()["cuda"][1]) + ")",
-)
-
-
-def test_extension_required_in_ci():
-    """CI sets LVTP_REQUIRE_EXT=1: a missing or broken C++ build must fail there."""
-    if os.environ.get("LVTP_REQUIRE_EXT") != "1":
-        pytest.skip("LVTP_REQUIRE_EXT is not 1")
-    assert HAVE_CPP, ext.status()["cpp"][1]
+from ext_marks import HAVE_CPP, HAVE_CUDA, needs_cpp, needs_cuda  # noqa: E402,F401
 
 
 def _inputs(seed, b, n_tok, c, q=4, dtype=torch.float32):
