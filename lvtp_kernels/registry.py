@@ -17,7 +17,9 @@ under ``torch.compile(fullgraph=True)`` and pass ``torch.library.opcheck``.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import threading
 import warnings
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
@@ -199,6 +201,45 @@ def backend_table(device_types: Sequence[str] = ("cpu", "cuda")) -> List[dict]:
     return rows
 
 
+# --------------------------------------------------------------------------- value checks
+# Shapes, dtypes, devices and scalars are checked on every call. The data checks
+# (NaN/Inf, probability rows, index ranges and duplicates) read the data, which on a GPU
+# is a device-to-host sync per check: they run on every call of a public op, except
+# * inside ``trusted_inputs()``: a caller whose tensors come from lvtp ops themselves (the
+#   patched models' forward) vouches for them;
+# * while a CUDA graph is being captured (a sync is illegal there);
+# * with ``LVTP_CHECK_VALUES=0`` in the environment (the user opts out globally).
+_TRUST = threading.local()
+
+
+def _env_checks_values() -> bool:
+    v = os.environ.get("LVTP_CHECK_VALUES", "1").strip().lower()
+    if v not in ("0", "1", "false", "true", "no", "yes", "off", "on", ""):
+        raise ValueError(f"LVTP_CHECK_VALUES must be 0 or 1, got {v!r}")
+    return v not in ("0", "false", "no", "off")
+
+
+def _check_values() -> bool:
+    if getattr(_TRUST, "depth", 0) > 0:
+        return False
+    if torch.cuda.is_available() and torch.cuda.is_current_stream_capturing():
+        return False
+    return _env_checks_values()
+
+
+@contextlib.contextmanager
+def trusted_inputs():
+    """Within this block lvtp ops skip their data checks (shape/dtype/device checks stay).
+
+    For callers that pass tensors produced by lvtp ops (indices from ``select``, features of
+    the model's own blocks): the checks would each cost a device sync on a GPU."""
+    _TRUST.depth = getattr(_TRUST, "depth", 0) + 1
+    try:
+        yield
+    finally:
+        _TRUST.depth -= 1
+
+
 def _run(op: str, device: torch.device, *args):
     return _BACKENDS[op][choose_backend(op, device.type)].fn(*args)
 
@@ -226,7 +267,7 @@ _DEFAULT_QS = python_ref.ops.DEFAULT_QS
 
 @_impl("tsallis_entropy")
 def _tsallis_entropy(attn, qs):
-    V.check_tsallis_entropy(attn, qs, values=True)
+    V.check_tsallis_entropy(attn, qs, values=_check_values())
     return _run("tsallis_entropy", attn.device, attn, qs)
 
 
@@ -239,7 +280,7 @@ def _tsallis_entropy_fake(attn, qs):
 
 @_impl("attention_entropy")
 def _attention_entropy(q, k, v, qs, scale):
-    V.check_attention_entropy(q, k, v, qs, scale, values=True)
+    V.check_attention_entropy(q, k, v, qs, scale, values=_check_values())
     return _run("attention_entropy", q.device, q, k, v, qs, scale)
 
 
@@ -253,7 +294,7 @@ def _attention_entropy_fake(q, k, v, qs, scale):
 
 @_impl("patch_edge_energy")
 def _patch_edge_energy(image, patch):
-    V.check_patch_edge_energy(image, patch, values=True)
+    V.check_patch_edge_energy(image, patch, values=_check_values())
     return _run("patch_edge_energy", image.device, image, patch)
 
 
@@ -266,7 +307,7 @@ def _patch_edge_energy_fake(image, patch):
 
 @_impl("kmeans")
 def _kmeans(x, init, iters):
-    V.check_kmeans(x, init, iters, values=True)
+    V.check_kmeans(x, init, iters, values=_check_values())
     return _run("kmeans", x.device, x, init, iters)
 
 
@@ -280,7 +321,7 @@ def _kmeans_fake(x, init, iters):
 @_impl("select")
 def _select(tokens, ent, edge, keep_ratio, num_protected, alpha, entropy_mode, clusters, iters):
     args = (tokens, ent, edge, keep_ratio, num_protected, alpha, entropy_mode, clusters, iters)
-    V.check_select(*args, values=True)
+    V.check_select(*args, values=_check_values())
     return _run("select", tokens.device, *args)
 
 
@@ -303,7 +344,7 @@ def _select_outputs(tokens, keep_ratio, num_protected):
 @_impl("select_tokens")
 def _select_tokens(tokens, ent, edge, keep_ratio, num_protected, alpha, entropy_mode, clusters, iters, allocation):
     args = (tokens, ent, edge, keep_ratio, num_protected, alpha, entropy_mode, clusters, iters, allocation)
-    V.check_select_tokens(*args, values=True)
+    V.check_select_tokens(*args, values=_check_values())
     return _run("select_tokens", tokens.device, *args)
 
 
@@ -325,7 +366,7 @@ def _prune(
     tokens, attn, edge=None, keep_ratio=0.7, num_protected=1, qs=_DEFAULT_QS, alpha=0.5, entropy_mode="low",
     clusters=8, iters=10):
     args = (tokens, attn, edge, keep_ratio, num_protected, list(qs), alpha, entropy_mode, clusters, iters)
-    V.check_prune(*args, values=True)
+    V.check_prune(*args, values=_check_values())
     return _run("prune", tokens.device, *args)
 
 
@@ -341,7 +382,7 @@ def _prune_fake(
 
 @_impl("gather_tokens")
 def _gather_tokens(x, idx):
-    V.check_gather_tokens(x, idx, values=True)
+    V.check_gather_tokens(x, idx, values=_check_values())
     return _run("gather_tokens", x.device, x, idx)
 
 
@@ -353,7 +394,7 @@ def _gather_tokens_fake(x, idx):
 
 @_impl("scatter_tokens")
 def _scatter_tokens(full, x, idx):
-    V.check_scatter_tokens(full, x, idx, values=True)
+    V.check_scatter_tokens(full, x, idx, values=_check_values())
     return _run("scatter_tokens", full.device, full, x, idx)
 
 
@@ -366,7 +407,7 @@ def _scatter_tokens_fake(full, x, idx):
 @_impl("reconstruct_stage")
 def _reconstruct_stage(full, x_stage, keep_idx, prune_idx, cluster_id, clusters, mode):
     args = (full, x_stage, keep_idx, prune_idx, cluster_id, clusters, mode)
-    V.check_reconstruct_stage(*args, values=True)
+    V.check_reconstruct_stage(*args, values=_check_values())
     return _run("reconstruct_stage", full.device, *args)
 
 

@@ -27,6 +27,7 @@ from python_ref.ops import DEFAULT_QS
 from python_ref.pipeline import RECONSTRUCT_MODES, StageRecord, active_stages
 
 from .. import _validate as V
+from ..registry import trusted_inputs
 from .vit import ViTSegmenter
 
 SUPPORTED = (ViTSegmenter,)
@@ -80,6 +81,63 @@ def reconstruct(x_final: Tensor, records: Sequence[StageRecord], mode: str, clus
     return full
 
 
+# ---------------------------------------------------------------------- the engine
+# What every patched model family shares (the package's ViT here, timm and Hugging Face
+# models in lvtp_kernels.adapters): the edge term, one pruning step per stage, and the
+# reconstruction at the end. All of it runs inside registry.trusted_inputs(): the tensors
+# come from the model's own blocks and from lvtp ops, so the ops' data checks (a device
+# sync each on a GPU) are skipped.
+
+
+def stage_edge(st: LVTPState, image: Optional[Tensor], patch_size: int, num_prefix: int) -> Optional[Tensor]:
+    """The per-token edge energy (B, P + patches) of the input, or None when the edge term
+    has no weight (``use_edge=False`` or ``alpha == 1``) or there is no image."""
+    if image is None or not st.use_edge or st.alpha >= 1.0:
+        return None
+    e = torch.ops.lvtp.patch_edge_energy(image, patch_size)
+    return torch.cat([e.new_zeros(e.shape[0], num_prefix), e], dim=1) if num_prefix else e
+
+
+def prune_step(
+    st: LVTPState, layer: int, x: Tensor, ent: Tensor, edge: Optional[Tensor], num_prefix: int,
+    records: List[StageRecord],
+) -> Tuple[Tensor, Optional[Tensor]]:
+    """Spec steps 2-6 at stage ``layer``: select on (x, ent, edge), keep the kept tokens,
+    record the stage for the reconstruction. Returns the kept tokens and their edge."""
+    if st.weights == "equal":  # one averaged order, whose dynamic weight is 1 (an ablation)
+        ent = ent.mean(dim=-1, keepdim=True)
+    r = st.stages[layer]
+    if st.allocation == "ranked":
+        keep_idx, prune_idx, cluster_id = torch.ops.lvtp.select(
+            x, ent, edge, r, num_prefix, st.alpha, st.entropy_mode, st.clusters, st.iters
+        )
+    else:
+        keep_idx, prune_idx, cluster_id = torch.ops.lvtp.select_tokens(
+            x, ent, edge, r, num_prefix, st.alpha, st.entropy_mode, st.clusters, st.iters, st.allocation
+        )
+    kept = torch.ops.lvtp.gather_tokens(x, keep_idx)
+    records.append(StageRecord(layer, x, keep_idx, prune_idx, cluster_id))
+    if edge is not None:
+        edge = torch.ops.lvtp.gather_tokens(edge[..., None], keep_idx)[..., 0]
+    return kept, edge
+
+
+def finish(st: LVTPState, x: Tensor, records: List[StageRecord]) -> Tensor:
+    """Spec step 7: the full token map back from the last stage's tokens."""
+    if st.keep_records:
+        st.last_records = records
+    return reconstruct(x, records, st.reconstruct, st.clusters)
+
+
+def warn_if_grad(x: Tensor) -> None:
+    if torch.is_grad_enabled() and x.requires_grad:
+        warnings.warn(
+            "an LVTP-patched model runs its pruned blocks without gradients (inference only); "
+            "call it under torch.no_grad() or torch.inference_mode()",
+            stacklevel=4,
+        )
+
+
 class _LVTPMixin:
     """Overrides ``forward_blocks`` of a supported model with the progressive pruning."""
 
@@ -89,21 +147,13 @@ class _LVTPMixin:
         st = self._lvtp
         if not st.stages:
             return super().forward_blocks(x, image)
-        if torch.is_grad_enabled() and x.requires_grad:
-            warnings.warn(
-                "an LVTP-patched model runs its pruned blocks without gradients (inference only); "
-                "call it under torch.no_grad() or torch.inference_mode()",
-                stacklevel=3,
-            )
-        with torch.no_grad():  # the lvtp ops take no gradients
+        warn_if_grad(x)
+        with torch.no_grad(), trusted_inputs():  # the lvtp ops take no gradients
             return self._pruned_blocks(x, image, st)
 
     def _pruned_blocks(self, x: Tensor, image: Tensor, st: LVTPState) -> Tensor:
         p = self.num_prefix_tokens
-        edge: Optional[Tensor] = None
-        if st.use_edge and st.alpha < 1.0:  # alpha = 1 gives the edge term no weight: skip it
-            e = torch.ops.lvtp.patch_edge_energy(image, self.cfg.patch_size)
-            edge = torch.cat([e.new_zeros(e.shape[0], p), e], dim=1)
+        edge = stage_edge(st, image, self.cfg.patch_size, p)
         records: List[StageRecord] = []
         for i, blk in enumerate(self.blocks):
             if i not in st.stages:
@@ -112,24 +162,8 @@ class _LVTPMixin:
             # attention and its entropies in one op: the N x N map is never materialised
             # by the fused kernels (spec step 1 from lvtp.attention_entropy)
             x, ent = blk.forward_entropy(x, st.qs)
-            if st.weights == "equal":  # one averaged order, whose dynamic weight is 1 (an ablation)
-                ent = ent.mean(dim=-1, keepdim=True)
-            if st.allocation == "ranked":
-                keep_idx, prune_idx, cluster_id = torch.ops.lvtp.select(
-                    x, ent, edge, st.stages[i], p, st.alpha, st.entropy_mode, st.clusters, st.iters
-                )
-            else:
-                keep_idx, prune_idx, cluster_id = torch.ops.lvtp.select_tokens(
-                    x, ent, edge, st.stages[i], p, st.alpha, st.entropy_mode, st.clusters, st.iters, st.allocation
-                )
-            kept = torch.ops.lvtp.gather_tokens(x, keep_idx)
-            records.append(StageRecord(i, x, keep_idx, prune_idx, cluster_id))
-            x = kept
-            if edge is not None:
-                edge = torch.ops.lvtp.gather_tokens(edge[..., None], keep_idx)[..., 0]
-        if st.keep_records:
-            st.last_records = records
-        return reconstruct(x, records, st.reconstruct, st.clusters)
+            x, edge = prune_step(st, i, x, ent, edge, p, records)
+        return finish(st, x, records)
 
 
 _PATCHED_CLASSES: Dict[type, type] = {}
@@ -150,6 +184,41 @@ def _patched_class(cls: type) -> type:
 
 
 LVTPViTSegmenter = _patched_class(ViTSegmenter)
+
+
+class _OwnViT:
+    """The model family of the package's own ViTSegmenter. Adapters for other families
+    (lvtp_kernels.adapters) have the same three methods."""
+
+    name = "lvtp_kernels.models.vit.ViTSegmenter"
+
+    @staticmethod
+    def depth(model: nn.Module) -> int:
+        return len(model.blocks)
+
+    @staticmethod
+    def vit_shape(model: nn.Module, img_size=None, **cost_options):
+        return model.vit_shape(img_size, **cost_options)
+
+    @staticmethod
+    def patched_class(cls: type) -> type:
+        return _patched_class(cls)
+
+
+def model_family(model: nn.Module):
+    """The adapter that patches ``model``: the package's ViT, else one of
+    ``lvtp_kernels.adapters``; a TypeError lists what is supported."""
+    if isinstance(model, SUPPORTED):
+        return _OwnViT
+    try:
+        from .. import adapters
+    except ImportError:  # the adapters are optional until they exist
+        adapters = None
+    family = adapters.find_adapter(model) if adapters is not None else None
+    if family is None:
+        names = [_OwnViT.name] + (list(adapters.SUPPORTED_NAMES) if adapters is not None else [])
+        raise TypeError(f"patch: unsupported model {type(model).__name__}; supported: {', '.join(names)}")
+    return family
 
 
 def is_patched(model: nn.Module) -> bool:
@@ -192,9 +261,7 @@ def patch(
     ``keep_records=True`` keeps the last forward's stage records (``last_records``).
     Patching a patched model replaces its settings.
     """
-    if not isinstance(model, SUPPORTED):
-        names = ", ".join(c.__module__ + "." + c.__name__ for c in SUPPORTED)
-        raise TypeError(f"patch: unsupported model {type(model).__name__}; supported: {names}")
+    family = model_family(model)
     if (flops_reduction is None) == (schedule is None):
         raise ValueError("patch: give exactly one of flops_reduction= or schedule=")
     if schedule is not None and (layers is not None or img_size is not None):
@@ -211,13 +278,13 @@ def patch(
     if allocation not in ("ranked", "proportional"):
         raise ValueError(f"patch: allocation must be 'ranked' or 'proportional', got {allocation!r}")
     if flops_reduction is not None:
-        shape = model.vit_shape(
-            img_size, num_orders=len(qs), clusters=clusters, iters=iters, use_edge=use_edge and alpha < 1.0,
+        shape = family.vit_shape(
+            model, img_size, num_orders=len(qs), clusters=clusters, iters=iters, use_edge=use_edge and alpha < 1.0,
             reconstruct=reconstruct,
         )
         schedule = schedule_for_flops(shape, float(flops_reduction), layers)
     try:
-        stages = active_stages(schedule, len(model.blocks))
+        stages = active_stages(schedule, family.depth(model))
     except ValueError as exc:
         raise ValueError(f"patch: {exc}") from None
     model._lvtp = LVTPState(
@@ -235,18 +302,19 @@ def patch(
         keep_records=bool(keep_records),
     )
     if not is_patched(model):
-        model.__class__ = _patched_class(model.__class__)
+        model.__class__ = family.patched_class(model.__class__)
     return model
 
 
 def cost_shape(model: nn.Module, img_size: Optional[Tuple[int, int]] = None):
     """The cost model (``ViTShape``) of a patched model with its LVTP options, for
     ``lvtp_kernels.flops.vit_flops(cost_shape(model), model._lvtp.schedule)``."""
+    family = model_family(model)
     if not is_patched(model):
-        return model.vit_shape(img_size)
+        return family.vit_shape(model, img_size)
     st = model._lvtp
-    return model.vit_shape(
-        img_size, num_orders=len(st.qs), clusters=st.clusters, iters=st.iters, use_edge=st.use_edge and st.alpha < 1.0,
+    return family.vit_shape(
+        model, img_size, num_orders=len(st.qs), clusters=st.clusters, iters=st.iters, use_edge=st.use_edge and st.alpha < 1.0,
         reconstruct=st.reconstruct,
     )
 
