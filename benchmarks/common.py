@@ -49,6 +49,8 @@ def time_ms(fn: Callable[[], object], device, warmup: int = 3, repeats: int = 20
 
 
 _COPY_GBPS: Dict[str, float] = {}
+# (bench, rows) of every append_csv call, for `lvtp bench ops`' combined table.
+COLLECTED: List[tuple] = []
 
 
 def copy_bandwidth_gbps(device) -> float:
@@ -117,6 +119,7 @@ def print_table(title: str, rows: Sequence[dict], device) -> None:
 
 def append_csv(bench: str, rows: Sequence[dict], device, path: Optional[str] = None) -> str:
     """Append rows (with the benchmark name, device and date) to the CSV; returns its path."""
+    COLLECTED.append((bench, list(rows)))
     path = path or os.environ.get("LVTP_BENCH_CSV", DEFAULT_CSV)
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     device = torch.device(device)

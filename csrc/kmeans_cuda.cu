@@ -4,8 +4,8 @@
 // batch image's centroids sit in shared memory when k*d fits (global memory otherwise).
 // Lane partial sums are combined by a fixed shuffle-down tree: deterministic. Ties go to
 // the lower cluster index (strict <), like argmin.
-// Update: one block per (image, cluster); warp 0 lists the members in index order with
-// ballots, then each thread sums its dims over the members in that order. No atomics.
+// Update: blocks of (32 columns, cluster, image); warps split the points, partial sums are
+// added in a fixed order (see update_kernel). No atomics.
 
 #include <cuda_runtime.h>
 
@@ -93,36 +93,47 @@ __global__ void __launch_bounds__(kAssignThreads) assign_kernel(Rows<InT, AccT> 
   }
 }
 
+// Update: block (column chunk, cluster j, image b): lane l owns column 32 * chunk + l; warp w
+// takes the points of every kUpdateWarps-th chunk of 32 (a ballot finds the members of j
+// among them) and sums their rows in index order; the warps' partial sums are then added
+// in warp order. Deterministic, no atomics, and no block loops over all members alone:
+// the loads of a large cluster are spread over kUpdateWarps warps and d / 32 blocks.
 template <typename InT, typename AccT>
 __global__ void __launch_bounds__(kUpdateThreads) update_kernel(Rows<InT, AccT> X, AccT* __restrict__ c, int64_t k,
-                                                                const int64_t* __restrict__ assign,
-                                                                int32_t* __restrict__ members) {
-  const int64_t j = blockIdx.x, b = blockIdx.y;
+                                                                const int64_t* __restrict__ assign) {
+  constexpr int kUpdateWarps = kUpdateThreads / kWarp;
+  __shared__ AccT part[kUpdateWarps][kWarp];
+  __shared__ int64_t cnts[kUpdateWarps];
+  const int64_t j = blockIdx.y, b = blockIdx.z;
   const int64_t n = X.n, d = X.d;
-  int32_t* mem = members + (b * k + j) * n;
-  __shared__ int64_t s_count;
-  if (threadIdx.x < kWarp) {
-    const int lane = threadIdx.x;
-    int64_t cnt = 0;
-    for (int64_t base = 0; base < n; base += kWarp) {
-      const int64_t i = base + lane;
-      const bool f = i < n && assign[b * n + i] == j;
-      const unsigned m = __ballot_sync(0xffffffffu, f);
-      if (f) mem[cnt + __popc(m & ((1u << lane) - 1u))] = static_cast<int32_t>(i);
-      cnt += __popc(m);
+  const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
+  const int64_t t = static_cast<int64_t>(blockIdx.x) * kWarp + lane;
+  const bool col = t < d;
+  const int64_t* ab = assign + b * n;
+  AccT s = AccT(0);
+  int64_t cnt = 0;
+  for (int64_t base = static_cast<int64_t>(warp) * kWarp; base < n; base += static_cast<int64_t>(kUpdateWarps) * kWarp) {
+    const int64_t i = base + lane;
+    unsigned m = __ballot_sync(0xffffffffu, i < n && ab[i] == j);
+    cnt += __popc(m);
+    while (m != 0u) {  // warp-uniform: every lane walks the same members
+      const int bit = __ffs(m) - 1;
+      m &= m - 1u;
+      if (col) s += X.at(b, base + bit, t);
     }
-    if (lane == 0) s_count = cnt;
   }
+  part[warp][lane] = s;
+  if (lane == 0) cnts[warp] = cnt;
   __syncthreads();
-  const int64_t cnt = s_count;
-  if (cnt == 0) return;  // an empty cluster keeps its centroid
-  const AccT denom = static_cast<AccT>(cnt);
-  for (int64_t t = threadIdx.x; t < d; t += blockDim.x) {
-    AccT s = AccT(0);
-#pragma unroll 4
-    for (int64_t q = 0; q < cnt; ++q) s += X.at(b, mem[q], t);
-    c[(b * k + j) * d + t] = s / denom;
-  }
+  if (warp != 0) return;
+  int64_t total = 0;
+#pragma unroll
+  for (int w = 0; w < kUpdateWarps; ++w) total += cnts[w];
+  if (total == 0 || !col) return;  // an empty cluster keeps its centroid
+  AccT sum = part[0][lane];
+#pragma unroll
+  for (int w = 1; w < kUpdateWarps; ++w) sum += part[w][lane];
+  c[(b * k + j) * d + t] = sum / static_cast<AccT>(total);
 }
 
 template <typename InT, typename AccT>
@@ -130,11 +141,27 @@ cudaError_t run_kmeans(Rows<InT, AccT> X, int64_t B, AccT* c, int64_t k, int64_t
                        int32_t* members, cudaStream_t stream) {
   if (B < 1 || X.n < 1 || X.d < 1 || k < 1 || k > X.n || iters < 0 || B > 65535 || k > 65535)
     return cudaErrorInvalidValue;
-  if (X.n > INT32_MAX) return cudaErrorInvalidValue;
+  if (X.n > INT32_MAX || (X.d + kWarp - 1) / kWarp > INT32_MAX) return cudaErrorInvalidValue;
+  (void)members;  // kept in the interface; the update no longer lists members
   const size_t smem = static_cast<size_t>(k * X.d) * sizeof(AccT);
-  const bool use_smem = smem <= kSmemLimit;
+  // Centroids in shared memory up to the device's opt-in limit (227 KB on Hopper): past 48 KB
+  // the kernel must be told. Reading them from L1/L2 instead (one warp per point rereads all
+  // k*d of them) made the assignment the top cost of select at d=768 in fp64.
+  bool use_smem = smem <= kSmemLimit;
+  if (!use_smem) {
+    int dev = 0, optin = 0;
+    const bool ok = cudaGetDevice(&dev) == cudaSuccess &&
+                    cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) == cudaSuccess;
+    if (ok && smem <= static_cast<size_t>(optin)) {
+      if (cudaFuncSetAttribute(assign_kernel<InT, AccT, true>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                               static_cast<int>(smem)) == cudaSuccess)
+        use_smem = true;
+      else
+        (void)cudaGetLastError();  // a refused opt-in leaves the global-memory path, not an error
+    }
+  }
   const dim3 agrid(static_cast<unsigned>((X.n + kPointsPerBlock - 1) / kPointsPerBlock), static_cast<unsigned>(B));
-  const dim3 ugrid(static_cast<unsigned>(k), static_cast<unsigned>(B));
+  const dim3 ugrid(static_cast<unsigned>((X.d + kWarp - 1) / kWarp), static_cast<unsigned>(k), static_cast<unsigned>(B));
   auto assign_step = [&]() -> cudaError_t {
     if (use_smem)
       assign_kernel<InT, AccT, true><<<agrid, kAssignThreads, smem, stream>>>(X, c, k, assign);
@@ -145,7 +172,7 @@ cudaError_t run_kmeans(Rows<InT, AccT> X, int64_t B, AccT* c, int64_t k, int64_t
   for (int64_t it = 0; it < iters; ++it) {
     cudaError_t e = assign_step();
     if (e != cudaSuccess) return e;
-    update_kernel<InT, AccT><<<ugrid, kUpdateThreads, 0, stream>>>(X, c, k, assign, members);
+    update_kernel<InT, AccT><<<ugrid, kUpdateThreads, 0, stream>>>(X, c, k, assign);
     e = cudaGetLastError();
     if (e != cudaSuccess) return e;
   }

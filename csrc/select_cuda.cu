@@ -94,46 +94,49 @@ __global__ void __launch_bounds__(kThreads) row_norms_kernel(const T* __restrict
 }
 
 // ----------------------------------------------------------------------------- ranks + init
-template <typename T>
-__global__ void __launch_bounds__(kThreads) rank_init_kernel(const double* __restrict__ u, const T* __restrict__ x,
-                                                             int64_t bstride, const double* __restrict__ rownorm,
-                                                             int64_t n, int64_t d, int64_t k,
-                                                             int32_t* __restrict__ desc_order,
-                                                             int32_t* __restrict__ asc_order, double* __restrict__ c) {
+// Ranks: block (token chunk, image); thread t counts the tokens before it in descending
+// and ascending order of u (ties by index), streaming u through shared memory.
+__global__ void __launch_bounds__(kThreads) rank_kernel(const double* __restrict__ u, int64_t n,
+                                                        int32_t* __restrict__ desc_order,
+                                                        int32_t* __restrict__ asc_order) {
   __shared__ double tile[kTile];
-  const int64_t b = blockIdx.x;
+  const int64_t b = blockIdx.y;
   const double* ub = u + b * n;
-  for (int64_t g0 = 0; g0 < n; g0 += blockDim.x) {  // tokens g0 + tid
-    const int64_t t = g0 + threadIdx.x;
-    const double ut = t < n ? ub[t] : 0.0;
-    int64_t above = 0, below = 0;  // tokens before t in desc / asc order
-    for (int64_t s0 = 0; s0 < n; s0 += kTile) {
-      const int64_t len = n - s0 < kTile ? n - s0 : kTile;
-      __syncthreads();
-      for (int64_t s = threadIdx.x; s < len; s += blockDim.x) tile[s] = ub[s0 + s];
-      __syncthreads();
-      if (t < n) {
-        for (int64_t s = 0; s < len; ++s) {
-          const double us = tile[s];
-          const bool before = (s0 + s) < t;
-          above += (us > ut) || (us == ut && before);
-          below += (us < ut) || (us == ut && before);
-        }
+  const int64_t t = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  const double ut = t < n ? ub[t] : 0.0;
+  int64_t above = 0, below = 0;  // tokens before t in desc / asc order
+  for (int64_t s0 = 0; s0 < n; s0 += kTile) {
+    const int64_t len = n - s0 < kTile ? n - s0 : kTile;
+    __syncthreads();
+    for (int64_t s = threadIdx.x; s < len; s += blockDim.x) tile[s] = ub[s0 + s];
+    __syncthreads();
+    if (t < n) {
+      for (int64_t s = 0; s < len; ++s) {
+        const double us = tile[s];
+        const bool before = (s0 + s) < t;
+        above += (us > ut) || (us == ut && before);
+        below += (us < ut) || (us == ut && before);
       }
     }
-    if (t < n) {
-      desc_order[b * n + above] = static_cast<int32_t>(t);
-      asc_order[b * n + below] = static_cast<int32_t>(t);
-    }
   }
-  __syncthreads();
-  for (int64_t r = 0; r < k; ++r) {  // c[b, r] = x_b[desc_order[floor(r n / k)]] / norm
-    const int64_t tok = desc_order[b * n + (r * n) / k];
-    const T* xr = x + b * bstride + tok * d;
-    const double nr = rownorm[b * n + tok];
-    for (int64_t t = threadIdx.x; t < d; t += blockDim.x)
-      c[(b * k + r) * d + t] = __ddiv_rn(static_cast<double>(xr[t]), nr);
+  if (t < n) {
+    desc_order[b * n + above] = static_cast<int32_t>(t);
+    asc_order[b * n + below] = static_cast<int32_t>(t);
   }
+}
+
+// Initial centroids: block (r, image): c[b, r] = x_b[desc_order[floor(r n / k)]] / norm.
+template <typename T>
+__global__ void __launch_bounds__(kThreads) init_kernel(const T* __restrict__ x, int64_t bstride,
+                                                        const double* __restrict__ rownorm, int64_t n, int64_t d,
+                                                        int64_t k, const int32_t* __restrict__ desc_order,
+                                                        double* __restrict__ c) {
+  const int64_t r = blockIdx.x, b = blockIdx.y;
+  const int64_t tok = desc_order[b * n + (r * n) / k];
+  const T* xr = x + b * bstride + tok * d;
+  const double nr = rownorm[b * n + tok];
+  for (int64_t t = threadIdx.x; t < d; t += blockDim.x)
+    c[(b * k + r) * d + t] = __ddiv_rn(static_cast<double>(xr[t]), nr);
 }
 
 // ----------------------------------------------------------------------------- steps 5.2, 5.3
@@ -350,9 +353,14 @@ template <typename T>
 cudaError_t launch_rank_init(const double* u, const T* x, int64_t bstride, const double* rownorm, int64_t B,
                              int64_t n, int64_t d, int64_t k, int32_t* desc_order, int32_t* asc_order, double* c,
                              cudaStream_t stream) {
-  if (B < 1 || n < 1 || n > INT32_MAX || d < 1 || k < 1 || k > n || B > INT32_MAX) return cudaErrorInvalidValue;
-  rank_init_kernel<T><<<static_cast<unsigned>(B), kThreads, 0, stream>>>(u, x, bstride, rownorm, n, d, k, desc_order,
-                                                                        asc_order, c);
+  if (B < 1 || n < 1 || n > INT32_MAX || d < 1 || k < 1 || k > n || B > 65535 || k > 65535)
+    return cudaErrorInvalidValue;
+  const dim3 rgrid(static_cast<unsigned>((n + kThreads - 1) / kThreads), static_cast<unsigned>(B));
+  rank_kernel<<<rgrid, kThreads, 0, stream>>>(u, n, desc_order, asc_order);
+  const cudaError_t e = cudaGetLastError();
+  if (e != cudaSuccess) return e;
+  const dim3 igrid(static_cast<unsigned>(k), static_cast<unsigned>(B));
+  init_kernel<T><<<igrid, kThreads, 0, stream>>>(x, bstride, rownorm, n, d, k, desc_order, c);
   return cudaGetLastError();
 }
 

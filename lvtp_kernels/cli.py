@@ -429,6 +429,12 @@ def build_parser() -> argparse.ArgumentParser:
     p_ev.add_argument("--plot", default=None, help="Pareto plot PNG (default: beside --json)")
     p_ev.add_argument("--no-progress", action="store_true")
     p_ev.set_defaults(func=cmd_eval)
+
+    from .bench import add_parser as add_bench_parser
+    from .viz import add_viz_parser
+
+    add_bench_parser(sub)
+    add_viz_parser(sub)
     return parser
 
 

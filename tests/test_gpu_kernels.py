@@ -76,7 +76,7 @@ def test_attention_entropy(n, h, dtype):
     ref_out, ref_ent = python_ref.attention_entropy(q.double(), k.double(), v.double(), QS, scale)
     if dtype == torch.float32:
         torch.testing.assert_close(out.double(), ref_out, rtol=1e-4, atol=1e-4)  # tf32 is off in the kernel
-        torch.testing.assert_close(ent.double(), ref_ent, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(ent.double(), ref_ent.double(), rtol=1e-5, atol=1e-5)
     else:
         lp = torch.softmax((q @ k.transpose(-1, -2)) * scale, -1)
         lp_out = lp @ v

@@ -1,0 +1,108 @@
+"""`lvtp bench e2e` / `lvtp bench ops`: the record's schema, the overhead definition, bad input.
+
+Speed is never asserted here (benchmarks measure it); these tests check that the
+benchmark measures what it says: the right token counts, schedules of equal GFLOPs,
+a JSON record with every documented field, and clear errors.
+"""
+
+import json
+
+import pytest
+import torch
+
+from lvtp_kernels import bench, cli
+from lvtp_kernels.baselines import parse_method
+from lvtp_kernels.evaluate import method_schedule
+from lvtp_kernels.models import vit
+
+
+def _e2e(tmp_path, *extra):
+    out = tmp_path / "e2e.json"
+    md = tmp_path / "e2e.md"
+    rc = cli.main(["bench", "e2e", "--device", "cpu", "--arch", "vit_ti", "--size", "64x96", "--batch", "2",
+                   "--reductions", "0.3,0.45", "--repeats", "2", "--warmup", "1", "--max-seconds", "0.5",
+                   "--no-ceilings", "--json", str(out), "--md", str(md), *extra])
+    assert rc == 0
+    return json.loads(out.read_text()), md.read_text()
+
+
+def test_e2e_record_schema(tmp_path, capsys):
+    rec, md = _e2e(tmp_path, "--methods", "lvtp,tome")
+    assert set(rec["baseline"]) >= {"ms", "images_per_s", "gflops"}
+    assert rec["baseline"]["ms"] > 0 and rec["baseline"]["images_per_s"] == pytest.approx(2 / (rec["baseline"]["ms"] / 1e3))
+    assert [(r["method"], r["reduction"]) for r in rec["results"]] == [
+        ("lvtp", 0.3), ("lvtp", 0.45), ("tome", 0.3), ("tome", 0.45)]
+    for r in rec["results"]:
+        assert set(r) >= {"method", "reduction", "ms", "images_per_s", "speedup", "overhead_ms"}
+        assert r["speedup"] == pytest.approx(rec["baseline"]["ms"] / r["ms"])
+        assert r["static_ms"] == pytest.approx(r["ms"] - r["overhead_ms"])
+        # equal GFLOPs across methods at one reduction (each solved on its own cost model)
+        assert r["gflops"] < rec["baseline"]["gflops"]
+    by = {(r["method"], r["reduction"]): r["gflops"] for r in rec["results"]}
+    assert by[("lvtp", 0.3)] == pytest.approx(by[("tome", 0.3)], rel=0.03)
+    assert rec["config"]["tokens"] == 1 + 4 * 6
+    assert "| lvtp | 0.30 |" in md and "| unpruned | 0 |" in md
+    assert "speedup" in capsys.readouterr().out
+
+
+def test_e2e_token_counts_match_the_patched_model():
+    """The static forward behind overhead_ms runs the token counts LVTP really keeps."""
+    import lvtp_kernels
+
+    model = vit.build_model("vit_ti", img_size=(64, 96))
+    sched = method_schedule(model, parse_method("lvtp"), 0.45, (64, 96))
+    n0 = 1 + 4 * 6
+    counts = bench.schedule_counts(model, sched, n0)
+    lvtp_kernels.patch(model, schedule=sched, keep_records=True)
+    with torch.inference_mode():
+        model(torch.rand(2, 3, 64, 96))
+    recs = lvtp_kernels.last_records(model)
+    assert recs, "the schedule must prune"
+    for r in recs:  # tokens entering the stage block, then kept after it
+        assert counts[r.layer] == r.x_at_stage.shape[1]
+        nxt = counts[r.layer + 1] if r.layer + 1 < len(counts) else None
+        if nxt is not None:
+            assert nxt == r.keep_idx.shape[1]
+
+
+def test_static_forward_matches_the_model_without_pruning():
+    model = vit.build_model("vit_ti", img_size=(32, 48))
+    x = torch.rand(1, 3, 32, 48)
+    counts = [model.num_prefix_tokens + 6] * len(model.blocks)
+    with torch.inference_mode():
+        torch.testing.assert_close(bench.static_forward(model, counts)(x), model(x))
+
+
+@pytest.mark.parametrize("args, msg", [
+    (["--size", "64"], "--size must be HxW"),
+    (["--reductions", "0.3,1.5"], "--reductions must be in (0, 1)"),
+    (["--batch", "0"], "--batch must be >= 1"),
+    (["--device", "cuda"], "no CUDA device"),
+])
+def test_e2e_bad_input(args, msg, capsys):
+    if "--device" in args and torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    rc = cli.main(["bench", "e2e", "--arch", "vit_ti", "--no-ceilings", *args])
+    assert rc == 2
+    assert msg in capsys.readouterr().err
+
+
+def test_bench_ops_unknown_benchmark(capsys):
+    assert cli.main(["bench", "ops", "--only", "bench_nothing"]) == 2
+    assert "unknown benchmark 'bench_nothing'" in capsys.readouterr().err
+
+
+def test_ops_table_normalises_every_benchmark_row():
+    rows = [
+        {"bench": "tsallis_entropy", "shape": "B=8 H=12 N=1025", "dtype": "float16", "ref_ms": 2.0, "ours_ms": 0.5,
+         "speedup": 4.0, "GB/s": 1000.0, "%floor": 25.0},
+        {"bench": "kmeans", "n": 1024, "d": 192, "k": 8, "B": 8, "python_ref_ms": 10.0, "ours_ms": 1.0,
+         "speedup": 10.0},
+        {"bench": "select", "allocation": "ranked", "N": 1025, "C": 768, "k": 8, "B": 8, "ref_ms": 3.0,
+         "ours_ms": None, "speedup": None},
+    ]
+    t = bench.ops_table(rows).splitlines()
+    assert len(t) == 2 + 3
+    assert "| tsallis_entropy | B=8 H=12 N=1025 | float16 | 2.000 | 0.500 | 4.00x | 1000 | 25 |" == t[2]
+    assert t[3].startswith("| kmeans | B=8 n=1024 d=192 k=8 | float32 | 10.000 | 1.000 | 10.00x |")
+    assert "allocation=ranked" in t[4] and "| - |" in t[4]
