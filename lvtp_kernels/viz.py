@@ -94,3 +94,128 @@ def stage_legend(num_stages: int, layers: Sequence[int]) -> List[Tuple[str, Tupl
     for s in range(1, num_stages + 1):
         items.append((f"pruned after block {layers[s - 1]}", tuple(STAGE_COLOURS[min(s, len(STAGE_COLOURS) - 1)])))
     return items
+
+
+# --------------------------------------------------------------------------- lvtp viz
+VIZ_COLUMNS = 4
+
+
+def stage_kept_overlay(image_rgb: np.ndarray, fate: Tensor, grid: Tuple[int, int], stage: int) -> np.ndarray:
+    """``image_rgb`` with the patches pruned at stages 1..``stage`` dimmed to grey: what the
+    blocks after that stage still see."""
+    h, w = grid
+    f = fate.view(h, w).numpy()
+    gone = (f >= 1) & (f <= stage)
+    ph, pw = image_rgb.shape[0] // h, image_rgb.shape[1] // w
+    mask = np.kron(gone.astype(np.uint8), np.ones((ph, pw), dtype=np.uint8)).astype(bool)
+    out = image_rgb.copy()
+    region = out[: mask.shape[0], : mask.shape[1]]
+    region[mask] = (0.25 * region[mask] + 0.75 * 200).astype(np.uint8)
+    return out
+
+
+def _normalise01(v: Tensor) -> Tensor:
+    v = v.double()
+    lo, hi = v.min(), v.max()
+    return ((v - lo) / (hi - lo)).float() if hi > lo else torch.zeros_like(v, dtype=torch.float32)
+
+
+def viz_panels(model, photo: Tensor, reduction: float = 0.3, size: Optional[Tuple[int, int]] = None):
+    """The ``lvtp viz`` figure's panels for the package's ViT segmenter ``model`` on one
+    (3, H, W) uint8 ``photo``: the image, its edge energy (spec step 3), the fused score
+    ``u`` at the first stage (step 4, min-max scaled), the tokens still active after each
+    stage, every token's fate, and the unpruned and pruned predictions. The model is
+    patched for the forward (``flops_reduction=reduction``) and unpatched after.
+    Returns (panels, schedule)."""
+    import lvtp_kernels
+    from PIL import Image
+    from python_ref.ops import fused_importance
+
+    from .segment import prepare
+
+    size = tuple(size or model.cfg.img_size)
+    p, patch = model.num_prefix_tokens, model.cfg.patch_size
+    grid = (size[0] // patch, size[1] // patch)
+    x = prepare(photo[None], size).to(next(model.parameters()).device)
+    rgb = np.asarray(Image.fromarray(photo.permute(1, 2, 0).cpu().numpy()).resize((size[1], size[0]), Image.BILINEAR))
+    try:
+        with torch.inference_mode():
+            base = model(x).argmax(1)[0].cpu()
+            lvtp_kernels.patch(model, flops_reduction=reduction, img_size=size, keep_records=True)
+            pruned = model(x).argmax(1)[0].cpu()
+            records = lvtp_kernels.last_records(model)
+            st = model._lvtp
+            edge = torch.ops.lvtp.patch_edge_energy(x, patch)  # (1, h*w), of the model's input
+            first = st.schedule[0][0] if st.schedule else 0
+            tokens, _ = model.embed(x)
+            for blk in model.blocks[:first]:
+                tokens = blk(tokens)
+            _, ent = model.blocks[first].forward_entropy(tokens, st.qs)
+            full_edge = torch.cat([edge.new_zeros(1, p), edge], dim=1) if st.use_edge else None
+            u = fused_importance(ent, full_edge, p, st.alpha, st.entropy_mode)[0, p:]
+            schedule = list(st.schedule)
+    finally:
+        lvtp_kernels.unpatch(model)
+    panels = [
+        ("image", rgb),
+        ("edge energy (Sobel, per patch)", heatmap(edge[0].cpu(), grid, size)),
+        (f"fused score u after block {first}", heatmap(_normalise01(u.cpu()), grid, size)),
+    ]
+    if records:
+        fate = token_stage_map(records, records[0].x_at_stage.shape[1], p)[0]
+        for s, rec in enumerate(records, start=1):
+            kept = rec.keep_idx.shape[1] - p
+            panels.append((f"stage {s}: {kept} tokens kept after block {rec.layer}", stage_kept_overlay(rgb, fate, grid, s)))
+        layers = "/".join(str(r.layer) for r in records)
+        panels.append((f"fate: green kept, red/orange/yellow pruned after {layers}", stage_overlay(rgb, fate, grid)))
+    else:
+        panels.append(("no stage prunes (reduction 0): every token kept", rgb))
+    panels += [("prediction, unpruned", colorize(base)), (f"prediction, LVTP {reduction:.0%}", colorize(pruned))]
+    return panels, schedule
+
+
+def run_viz(args) -> int:
+    """``lvtp viz IMAGE [--model PATH] [--reduction 0.3] --out FILE.png``."""
+    import sys
+    from pathlib import Path
+
+    from .data.camvid import read_image
+    from .models import load_reference
+
+    path = Path(args.image)
+    if not path.is_file():
+        print(f"lvtp viz: image {path} not found", file=sys.stderr)
+        return 2
+    try:
+        model = load_reference(args.model)
+    except FileNotFoundError as exc:
+        print(f"lvtp viz: {exc}", file=sys.stderr)
+        return 2
+    photo = read_image(str(path))
+    try:
+        panels, schedule = viz_panels(model, photo, args.reduction)
+    except ValueError as exc:
+        print(f"lvtp viz: {exc}", file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    if out.parent and not out.parent.exists():
+        out.parent.mkdir(parents=True, exist_ok=True)
+    compose(panels, columns=VIZ_COLUMNS).save(out, format="PNG")
+    stages = ", ".join(f"block {layer}: keep {r:.2f}" for layer, r in schedule)
+    print(f"lvtp viz: wrote {out} ({len(panels)} panels; schedule {stages or 'none'})")
+    return 0
+
+
+def add_viz_parser(subparsers) -> None:
+    """Register ``lvtp viz`` on the CLI's subparsers (handler: :func:`run_viz`)."""
+    from .cli import _reduction
+
+    p = subparsers.add_parser(
+        "viz", help="one figure: image, edge energy, fused score, tokens kept per stage, predictions"
+    )
+    p.add_argument("image", help="an RGB image file")
+    p.add_argument("--model", default=None, help="checkpoint from `lvtp train-reference` or a bundled model's name "
+                   "(default: the bundled CamVid model)")
+    p.add_argument("--reduction", type=_reduction, default=0.3, help="target GFLOPs reduction (default 0.3)")
+    p.add_argument("--out", required=True, help="the PNG to write")
+    p.set_defaults(func=run_viz)

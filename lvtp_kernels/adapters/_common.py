@@ -1,0 +1,89 @@
+"""What the timm and Hugging Face adapters share: the pruned block loop and helpers."""
+
+from __future__ import annotations
+
+import sys
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from python_ref.pipeline import StageRecord
+
+from ..models.patching import LVTPState, _LVTPMixin, finish, prune_step, stage_edge
+
+
+def attention_entropy(q: Tensor, k: Tensor, v: Tensor, qs: Sequence[float], scale: float) -> Tuple[Tensor, Tensor]:
+    """(B, H, N, D) q, k, v -> attention output (B, H, N, D) and the per-token entropies
+    (B, N, len(qs)) from ``torch.ops.lvtp.attention_entropy`` (no N x N map is kept)."""
+    return torch.ops.lvtp.attention_entropy(q, k, v, [float(t) for t in qs], float(scale))
+
+
+def edge_for(st: LVTPState, image: Optional[Tensor], patch_size: Optional[int], tokens: Tensor, num_prefix: int):
+    """The edge energy of ``image`` per token, or None when there is no edge term or the
+    image cannot give one for these tokens (not 3 channels, no single square patch size,
+    or a patch grid that is not the token grid, e.g. a padded or unusual stem)."""
+    if image is None or patch_size is None or image.dim() != 4 or image.shape[1] != 3:
+        return None
+    if image.shape[-2] // patch_size * (image.shape[-1] // patch_size) + num_prefix != tokens.shape[1]:
+        return None
+    return stage_edge(st, image, patch_size, num_prefix)
+
+
+def pruned_blocks(
+    st: LVTPState,
+    blocks: Sequence[nn.Module],
+    x: Tensor,
+    image: Optional[Tensor],
+    patch_size: Optional[int],
+    num_prefix: int,
+    block_entropy: Callable[[nn.Module, Tensor, Sequence[float]], Tuple[Tensor, Tensor]],
+    run_block: Callable[[nn.Module, Tensor], Tensor],
+) -> Tensor:
+    """Spec steps 1-7 over ``blocks``: blocks that are not a stage run as they are
+    (``run_block``), a stage block runs ``block_entropy`` and prunes after it; the full
+    token map comes back at the end. Call inside ``torch.no_grad()`` and ``trusted_inputs()``."""
+    edge = edge_for(st, image, patch_size, x, num_prefix)
+    records: List[StageRecord] = []
+    for i, blk in enumerate(blocks):
+        if i not in st.stages:
+            x = run_block(blk, x)
+            continue
+        x, ent = block_entropy(blk, x, st.qs)
+        x, edge = prune_step(st, i, x, ent, edge, num_prefix, records)
+    return finish(st, x, records)
+
+
+def single_patch_size(p) -> Optional[int]:
+    """An int patch size from an int or an (h, w) pair; None when h != w."""
+    if isinstance(p, int):
+        return p
+    p = tuple(int(t) for t in p)
+    return p[0] if len(set(p)) == 1 else None
+
+
+def pair(p) -> Tuple[int, int]:
+    if isinstance(p, int):
+        return (p, p)
+    p = tuple(int(t) for t in p)
+    return (p[0], p[0]) if len(p) == 1 else (p[0], p[1])
+
+
+def linear_flops(m: Optional[nn.Module]) -> float:
+    """FLOPs of one token through ``m`` when it is an nn.Linear (else 0)."""
+    return 2.0 * m.in_features * m.out_features if isinstance(m, nn.Linear) else 0.0
+
+
+def make_patched_class(cls: type, mixin: type, module_name: str, registry: Dict[type, type]) -> type:
+    """``LVTP_<module>_<class>``: ``mixin`` over ``cls``, made once per class and published
+    in ``module_name`` so that pickle finds it by name."""
+    if cls not in registry:
+        name = f"LVTP_{cls.__module__.replace('.', '_')}_{cls.__qualname__.replace('.', '_')}"
+        patched = type(name, (mixin, cls), {"_lvtp_original_class": cls, "__module__": module_name})
+        patched.__qualname__ = name
+        setattr(sys.modules[module_name], name, patched)
+        registry[cls] = patched
+    return registry[cls]
+
+
+__all__ = ["_LVTPMixin", "attention_entropy", "edge_for", "pruned_blocks", "make_patched_class"]
