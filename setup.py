@@ -82,7 +82,7 @@ def _extensions():
         cxx += ["-fopenmp"] if sys.platform != "darwin" else []
     ldflags = ["-fopenmp"] if sys.platform.startswith("linux") else []
     common = dict(include_dirs=[os.path.join(HERE, CSRC)])
-    cpu_sources = [f"{CSRC}/lvtp_cpu.cpp"]
+    cpu_sources = [f"{CSRC}/lvtp_cpu.cpp", f"{CSRC}/lvtp_cpu_fused.cpp"]
     exts = [
         cpp_extension.CppExtension(
             "lvtp_kernels._C", cpu_sources, extra_compile_args={"cxx": cxx}, extra_link_args=ldflags, **common

@@ -80,13 +80,22 @@ def _has_select_tokens() -> bool:
         return False
 
 
-def _stale(available):
-    """``available`` for select_tokens: also unavailable when the built op is missing."""
+def _has_op(name: str) -> bool:
+    try:
+        getattr(torch.ops.lvtp_cpp, name)
+        return True
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def _stale(available, op: str = "select_tokens"):
+    """``available`` for an op added after the first release: also unavailable when the
+    built extension predates it."""
 
     def check() -> Tuple[bool, str]:
         ok, why = available()
-        if ok and not _has_select_tokens():
-            return False, "lvtp_kernels._C predates lvtp_cpp::select_tokens; rebuild the extension"
+        if ok and not _has_op(op):
+            return False, f"lvtp_kernels._C predates lvtp_cpp::{op}; rebuild the extension"
         return ok, why
 
     return check
@@ -101,6 +110,17 @@ def _register_fakes() -> None:
     @torch.library.register_fake("lvtp_cpp::select")
     def _select_fake(tokens, ent, edge, keep_ratio, num_protected, alpha, entropy_mode, clusters, iters):
         return registry._select_outputs(tokens, keep_ratio, num_protected)
+
+    if _has_op("attention_entropy"):
+        @torch.library.register_fake("lvtp_cpp::attention_entropy")
+        def _attention_entropy_fake(q, k, v, qs, scale):
+            b, h, n, _ = q.shape
+            return q.new_empty((b, h, n, v.shape[3])), q.new_empty((b, n, len(qs)), dtype=torch.float32)
+
+        @torch.library.register_fake("lvtp_cpp::patch_edge_energy")
+        def _patch_edge_energy_fake(image, patch):
+            b, _, height, width = image.shape
+            return image.new_empty((b, (height // patch) * (width // patch)), dtype=torch.float32)
 
     if not _has_select_tokens():
         return
@@ -137,3 +157,18 @@ registry.register_backend("select_tokens", "cpp", _select_tokens, devices=("cpu"
                           available=_stale(_cpp_available))
 registry.register_backend("select_tokens", "cuda", _select_tokens, devices=("cuda",),
                           available=_stale(_cuda_available))
+
+
+def _attention_entropy(q, k, v, qs, scale):
+    return torch.ops.lvtp_cpp.attention_entropy(q, k, v, list(qs), scale)
+
+
+def _patch_edge_energy(image, patch):
+    return torch.ops.lvtp_cpp.patch_edge_energy(image, patch)
+
+
+# CPU-only scoring kernels (csrc/lvtp_cpu_fused.cpp); on CUDA the Triton kernels run these ops.
+registry.register_backend("attention_entropy", "cpp", _attention_entropy, devices=("cpu",),
+                          available=_stale(_cpp_available, "attention_entropy"))
+registry.register_backend("patch_edge_energy", "cpp", _patch_edge_energy, devices=("cpu",),
+                          available=_stale(_cpp_available, "patch_edge_energy"))

@@ -974,11 +974,12 @@ def test_lvtp_impl_case_and_empty(monkeypatch):
 
 
 def _auto_cpu(op: str) -> str:
-    """What auto picks on the CPU: the C++ op for the clustering ops (and prune, which
-    composes select) when the extension is built, else the reference."""
+    """What auto picks on the CPU: the C++ op for the clustering and scoring ops (and prune,
+    which composes select) when the extension is built, else the reference."""
     from lvtp_kernels import _ext
 
-    return "cpp" if op in ("kmeans", "select", "select_tokens", "prune") and _ext.status()["cpp"][0] else "ref"
+    cpp_ops = ("kmeans", "select", "select_tokens", "prune", "attention_entropy", "patch_edge_energy")
+    return "cpp" if op in cpp_ops and _ext.status()["cpp"][0] else "ref"
 
 
 @pytest.mark.parametrize("impl", [None, "auto", "ref"])
