@@ -101,11 +101,16 @@ def patch_edge_energy(image: Tensor, patch: int) -> Tensor:
     img = image.to(_acc_dtype(image))
     b, _, height, width = img.shape
     y = LUMA[0] * img[:, 0] + LUMA[1] * img[:, 1] + LUMA[2] * img[:, 2]  # (B, H, W)
-    y = torch.nn.functional.pad(y[:, None], (1, 1, 1, 1), mode="replicate")  # (B, 1, H+2, W+2)
-    gx_kernel = torch.tensor(SOBEL_X, dtype=img.dtype, device=img.device)
-    kernels = torch.stack([gx_kernel, gx_kernel.t()])[:, None]  # (2, 1, 3, 3): Gx, Gy = Gx^T
-    grad = torch.nn.functional.conv2d(y, kernels)  # cross-correlation, (B, 2, H, W)
-    mag = torch.hypot(grad[:, 0], grad[:, 1])  # sqrt(Gx^2 + Gy^2) without overflow, (B, H, W)
+    y = torch.nn.functional.pad(y[:, None], (1, 1, 1, 1), mode="replicate")[:, 0]  # (B, H+2, W+2)
+    # The 3x3 Sobel cross-correlation (Gx = SOBEL_X, Gy = Gx^T) written as differences of
+    # shifted views, not conv2d: conv2d's CPU algorithms (e.g. Winograd) are not exact on a
+    # flat region, and the ~1e-8 they leave there became ~1e-2 after the normalisation by
+    # max e + 1e-6 (a 1x1 image gave 0.0147 instead of 0; found by tests/test_fuzz.py).
+    # Differences of equal values are exactly 0; the grouping is the Triton kernel's.
+    top, mid, bot = y[:, :-2], y[:, 1:-1], y[:, 2:]
+    gx = (top[..., 2:] - top[..., :-2]) + 2.0 * (mid[..., 2:] - mid[..., :-2]) + (bot[..., 2:] - bot[..., :-2])
+    gy = (bot[..., :-2] + 2.0 * bot[..., 1:-1] + bot[..., 2:]) - (top[..., :-2] + 2.0 * top[..., 1:-1] + top[..., 2:])
+    mag = torch.hypot(gx, gy)  # sqrt(Gx^2 + Gy^2) without overflow, (B, H, W)
     h, w = height // patch, width // patch
     mag = mag[:, : h * patch, : w * patch]  # pixels past the grid are ignored
     e = mag.reshape(b, h, patch, w, patch).mean(dim=(2, 4)).reshape(b, h * w)

@@ -245,8 +245,10 @@ def _attn_entropy_fwd_kernel(
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_m64 = offs_m.to(tl.int64)
     offs_n = tl.arange(0, BLOCK_N)
-    offs_d = tl.arange(0, BLOCK_D)
-    offs_dv = tl.arange(0, BLOCK_DV)
+    # int64: offs_d * stride_qd overflows int32 for a view whose head dim is outermost
+    # in memory (stride_qd = B*H*N) once B*H*N*D > 2^31
+    offs_d = tl.arange(0, BLOCK_D).to(tl.int64)
+    offs_dv = tl.arange(0, BLOCK_DV).to(tl.int64)
     m_ok = offs_m < N
 
     q_ptrs = Q + offs_m64[:, None] * stride_qn + offs_d[None, :] * stride_qd

@@ -34,7 +34,7 @@ def _luma3(row_ptr, col_l, col_c, col_r, stride_c, stride_w, mask, ACC: tl.const
     """Luminance of one image row at three column sets (left, centre, right neighbours)."""
     r = row_ptr
     g = row_ptr + stride_c
-    b = row_ptr + 2 * stride_c
+    b = g + stride_c  # not row_ptr + 2 * stride_c: that product is int32 and overflows past 2^31
     y_l = (
         0.299 * tl.load(r + col_l * stride_w, mask=mask, other=0.0).to(ACC)
         + 0.587 * tl.load(g + col_l * stride_w, mask=mask, other=0.0).to(ACC)

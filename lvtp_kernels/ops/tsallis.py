@@ -109,7 +109,18 @@ def _tsallis_kernel(
             mask = row_mask[:, None] & (cols < N)[None, :]
             ptrs = attn_ptr + head_off[:, None] + cols.to(tl.int64)[None, :] * stride_j
             p = tl.load(ptrs, mask=mask, other=0.0).to(ACC)
-            lp = tl.log(tl.maximum(p, TINY))  # finite for p = 0; every form zeroes that term
+            # ln p, exact for subnormal p too: a subnormal is scaled by 2^24 (fp64: 2^54) into the
+            # normal range first (clamping it to TINY instead made p^q wrong for small q,
+            # e.g. p = 1e-44, q = 0.05: 0.0127 instead of 0.0064). Finite for p = 0, where
+            # every form zeroes the term.
+            # (2^-1074 * 2^54 and 2^-149 * 2^24 are normal).
+            sub = p < TINY
+            if ACC == tl.float64:
+                lp = tl.log(tl.maximum(tl.where(sub, p * 18014398509481984.0, p), TINY))  # 2^54
+                lp = lp - tl.where(sub, 37.42994775023705, 0.0)  # 54 ln 2
+            else:
+                lp = tl.log(tl.maximum(tl.where(sub, p * 16777216.0, p), TINY))  # 2^24
+                lp = lp - tl.where(sub, 16.635532333438686, 0.0)  # 24 ln 2
             if HAS_NEAR:
                 psum += tl.sum(p.to(tl.float64), axis=1)
             for k in tl.static_range(NQ):
