@@ -214,6 +214,7 @@ template <typename T>
 void kmeans_image_direct(const T* x, int64_t n, int64_t d, T* c, int64_t k, int64_t iters, int64_t* assign) {
   std::vector<T> sums(static_cast<size_t>(k * d));
   std::vector<int64_t> counts(static_cast<size_t>(k));
+  std::vector<int64_t> prev(static_cast<size_t>(n), -1);
   for (int64_t it = 0; it < iters; ++it) {
     std::fill(sums.begin(), sums.end(), T(0));
     std::fill(counts.begin(), counts.end(), 0);
@@ -225,6 +226,11 @@ void kmeans_image_direct(const T* x, int64_t n, int64_t d, T* c, int64_t k, int6
       const T* __restrict xi = x + i * d;
       for (int64_t t = 0; t < d; ++t) s[t] += xi[t];
     }
+    // Converged: the same assignment as the last iteration means this update would
+    // recompute the same centroids (same members, same order), so every later iteration
+    // is a fixed point. Stopping here returns exactly what all `iters` iterations return.
+    if (it > 0 && std::equal(prev.begin(), prev.end(), assign)) return;
+    std::copy_n(assign, n, prev.begin());
     for (int64_t j = 0; j < k; ++j) {
       if (counts[j] == 0) continue;
       const T cnt = static_cast<T>(counts[j]);
@@ -314,9 +320,13 @@ void kmeans_batch(const Tensor& xt, Tensor& ct, int64_t iters, Tensor& at_, Dist
     });
     return;
   }
-  // iteration-major: few images, parallel over points then over (image, dims)
+  // iteration-major: few images, parallel over points then over (image, dims); stops
+  // early once no assignment changes (a fixed point: see kmeans_image_direct)
+  std::vector<int64_t> prev(static_cast<size_t>(pts), -1);
   for (int64_t it = 0; it < iters; ++it) {
     assign_step();
+    if (it > 0 && std::equal(prev.begin(), prev.end(), assign)) return;
+    std::copy_n(assign, pts, prev.begin());
     update_step();
   }
   assign_step();
@@ -505,16 +515,43 @@ std::tuple<Tensor, Tensor, Tensor> select_tokens_cpu(const Tensor& tokens, const
   const Tensor u = fused_importance_aten(ent, edge, P, alpha, entropy_mode).slice(1, P).contiguous();
   // Features: the reference's ops on the same views (per image, outside any parallel
   // region), so the normalised features are bit-identical.
-  const Tensor feats = tokens.slice(1, P).to(at::kDouble);
-  Tensor x = at::empty({B, n, C}, tokens.options().dtype(at::kDouble));
-  for (int64_t b = 0; b < B; ++b) {
-    const Tensor f = feats.select(0, b);
-    const Tensor nrm = at::linalg_vector_norm(f, 2, at::IntArrayRef{-1}, /*keepdim=*/true).clamp_min(kNormEps);
-    x.select(0, b).copy_(f / nrm);
+  // Features in float64 and their row norms, exactly as the reference computes them
+  // (an exact conversion, then one batched ATen norm: each row reduced as the reference
+  // reduces it; the division is IEEE). Both buffers are per-thread workspaces reused across
+  // calls: fresh multi-MB allocations each call cost more in page faults than the math.
+  thread_local std::vector<double> ws_feats, ws_x;
+  const size_t total = static_cast<size_t>(B * n * C);
+  if (ws_feats.size() < total) ws_feats.resize(total);
+  if (ws_x.size() < total) ws_x.resize(total);
+  const int64_t row_grain = std::max<int64_t>(1, 8192 / std::max<int64_t>(C, 1));
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, tokens.scalar_type(), "lvtp_cpp.select", [&] {
+    const scalar_t* tp = tokens.data_ptr<scalar_t>();
+    const int64_t s0 = tokens.stride(0), s1 = tokens.stride(1), s2 = tokens.stride(2);
+    double* fw = ws_feats.data();
+    at::parallel_for(0, B * n, row_grain, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        const scalar_t* row = tp + (r / n) * s0 + (P + r % n) * s1;
+        for (int64_t t = 0; t < C; ++t) fw[r * C + t] = static_cast<double>(row[t * s2]);
+      }
+    });
+  });
+  const Tensor feats = at::from_blob(ws_feats.data(), {B, n, C}, tokens.options().dtype(at::kDouble));
+  const Tensor nrm = at::linalg_vector_norm(feats, 2, at::IntArrayRef{-1}, /*keepdim=*/true).clamp_min(kNormEps)
+                         .contiguous();
+  {
+    const double* fp = ws_feats.data();
+    const double* np_ = nrm.data_ptr<double>();
+    double* xw = ws_x.data();
+    at::parallel_for(0, B * n, row_grain, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        const double d = np_[r];
+        for (int64_t t = 0; t < C; ++t) xw[r * C + t] = fp[r * C + t] / d;
+      }
+    });
   }
   Tensor keep = at::empty({B, n}, tokens.options().dtype(at::kByte));
   Tensor assign = at::empty({B, n}, tokens.options().dtype(at::kLong));
-  const double* xp = x.data_ptr<double>();
+  const double* xp = ws_x.data();
   const double* up = u.data_ptr<double>();
   uint8_t* kp = keep.data_ptr<uint8_t>();
   int64_t* ap = assign.data_ptr<int64_t>();

@@ -21,6 +21,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <vector>
 
@@ -31,21 +32,43 @@ using at::Tensor;
 
 constexpr double kNearOne = 0.25;  // python_ref.ops.NEAR_ONE
 
-// One attention row: p (normalised), s (logits) -> per-order normalised entropy added to out.
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && !defined(LVTP_NO_CLONES)
+#define LVTP_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define LVTP_CLONES
+#endif
+
+// The moments of one attention row in kLanes independent lanes (vectorisable without
+// reassociation flags), combined in lane order: res = {max s, max p, sum p (s - max s),
+// sum sqrt p, sum p^2, sum p^3}.
+constexpr int kLanes = 8;
+
 template <typename T>
-void row_entropies(const T* p, const T* s, int64_t n, const std::vector<double>& qs, const std::vector<double>& smax,
-                   T* out) {
-  T m = -std::numeric_limits<T>::infinity(), pm = T(0);
-  for (int64_t j = 0; j < n; ++j) {
-    m = s[j] > m ? s[j] : m;
-    pm = p[j] > pm ? p[j] : pm;
+inline void row_moments(const T* __restrict__ p, const T* __restrict__ s, int64_t n, T* res) {
+  T mx[kLanes], pmx[kLanes];
+  for (int l = 0; l < kLanes; ++l) {
+    mx[l] = -std::numeric_limits<T>::infinity();
+    pmx[l] = T(0);
   }
-  // accumulators in 8 lanes (vectorisable without reassociation flags), summed in lane order
-  constexpr int L = 8;
-  T a_sh[L] = {}, a_h[L] = {}, a_2[L] = {}, a_3[L] = {};
   int64_t j = 0;
-  for (; j + L <= n; j += L) {
-    for (int l = 0; l < L; ++l) {
+  for (; j + kLanes <= n; j += kLanes)
+    for (int l = 0; l < kLanes; ++l) {
+      mx[l] = s[j + l] > mx[l] ? s[j + l] : mx[l];
+      pmx[l] = p[j + l] > pmx[l] ? p[j + l] : pmx[l];
+    }
+  for (int l = 0; j < n; ++j, ++l) {
+    mx[l] = s[j] > mx[l] ? s[j] : mx[l];
+    pmx[l] = p[j] > pmx[l] ? p[j] : pmx[l];
+  }
+  T m = mx[0], pm = pmx[0];
+  for (int l = 1; l < kLanes; ++l) {
+    m = mx[l] > m ? mx[l] : m;
+    pm = pmx[l] > pm ? pmx[l] : pm;
+  }
+  T a_sh[kLanes] = {}, a_h[kLanes] = {}, a_2[kLanes] = {}, a_3[kLanes] = {};
+  j = 0;
+  for (; j + kLanes <= n; j += kLanes)
+    for (int l = 0; l < kLanes; ++l) {
       const T pj = p[j + l];
       const T p2 = pj * pj;
       a_sh[l] += pj * (s[j + l] - m);
@@ -53,7 +76,6 @@ void row_entropies(const T* p, const T* s, int64_t n, const std::vector<double>&
       a_2[l] += p2;
       a_3[l] += p2 * pj;
     }
-  }
   for (int l = 0; j < n; ++j, ++l) {
     const T pj = p[j];
     const T p2 = pj * pj;
@@ -63,12 +85,38 @@ void row_entropies(const T* p, const T* s, int64_t n, const std::vector<double>&
     a_3[l] += p2 * pj;
   }
   T sh = 0, h = 0, q2 = 0, q3 = 0;
-  for (int l = 0; l < L; ++l) {
+  for (int l = 0; l < kLanes; ++l) {
     sh += a_sh[l];
     h += a_h[l];
     q2 += a_2[l];
     q3 += a_3[l];
   }
+  res[0] = m;
+  res[1] = pm;
+  res[2] = sh;
+  res[3] = h;
+  res[4] = q2;
+  res[5] = q3;
+}
+
+LVTP_CLONES void row_moments_f32(const float* p, const float* s, int64_t n, float* res) {
+  row_moments<float>(p, s, n, res);
+}
+LVTP_CLONES void row_moments_f64(const double* p, const double* s, int64_t n, double* res) {
+  row_moments<double>(p, s, n, res);
+}
+inline void row_moments_any(const float* p, const float* s, int64_t n, float* res) { row_moments_f32(p, s, n, res); }
+inline void row_moments_any(const double* p, const double* s, int64_t n, double* res) {
+  row_moments_f64(p, s, n, res);
+}
+
+// One attention row: p (normalised), s (logits) -> per-order normalised entropy added to out.
+template <typename T>
+void row_entropies(const T* p, const T* s, int64_t n, const std::vector<double>& qs, const std::vector<double>& smax,
+                   T* out) {
+  T mom[6];
+  row_moments_any(p, s, n, mom);
+  const T m = mom[0], pm = mom[1], sh = mom[2], h = mom[3], q2 = mom[4], q3 = mom[5];
   const T log_pm = std::log(pm);
   for (size_t k = 0; k < qs.size(); ++k) {
     const double q = qs[k];
@@ -107,32 +155,52 @@ std::tuple<Tensor, Tensor> attention_entropy_cpu(const Tensor& q, const Tensor& 
               "lvtp_cpp.attention_entropy: q, k, v shapes disagree");
   TORCH_CHECK(!qs.empty(), "lvtp_cpp.attention_entropy: qs is empty");
   const auto acc = q.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  const int64_t B = q.size(0), H = q.size(1), N = q.size(2), Q = static_cast<int64_t>(qs.size());
-  Tensor s = at::matmul(q.to(acc), k.to(acc).transpose(-1, -2)).mul_(scale).contiguous();  // (B, H, N, N)
-  Tensor p = at::softmax(s, -1).contiguous();
-  Tensor out = at::matmul(p, v.to(acc)).to(q.scalar_type());
+  const int64_t B = q.size(0), H = q.size(1), N = q.size(2), Q = static_cast<int64_t>(qs.size()), Dv = v.size(3);
+  const Tensor qa = q.to(acc), ka = k.to(acc), va = v.to(acc);
   std::vector<double> qv(qs.begin(), qs.end()), smax(Q);
   const double logn = std::log(static_cast<double>(N));
   for (int64_t i = 0; i < Q; ++i) smax[i] = qv[i] == 1.0 ? logn : -std::expm1((1.0 - qv[i]) * logn);
-  Tensor ent = at::zeros({B, N, Q}, s.options());  // head sum, then the mean
-  AT_DISPATCH_FLOATING_TYPES(s.scalar_type(), "lvtp_cpp.attention_entropy", [&] {
-    const scalar_t* pp = p.data_ptr<scalar_t>();
-    const scalar_t* sp = s.data_ptr<scalar_t>();
-    scalar_t* ep = ent.data_ptr<scalar_t>();
-    // rows (b, i) in parallel; heads summed in order inside, so the result is thread-count independent
-    at::parallel_for(0, B * N, 16, [&](int64_t r0, int64_t r1) {
-      for (int64_t r = r0; r < r1; ++r) {
-        const int64_t b = r / N, i = r % N;
-        scalar_t* o = ep + r * Q;
-        for (int64_t h = 0; h < H; ++h) {
-          const int64_t off = ((b * H + h) * N + i) * N;
-          row_entropies<scalar_t>(pp + off, sp + off, N, qv, smax, o);
-        }
-        for (int64_t x = 0; x < Q; ++x) o[x] /= static_cast<scalar_t>(H);
+  // Tasks: (b, h, block of R query rows), R chosen so a block's logits and probabilities
+  // (2 R N values) stay in L2; each task runs its matrix products single-threaded. Entropies
+  // go per head into ent_h, summed over heads in order afterwards (thread-count independent).
+  const int64_t R = std::max<int64_t>(1, std::min<int64_t>(N, (int64_t(1) << 17) / std::max<int64_t>(N, 1)));
+  const int64_t nblk = (N + R - 1) / R;
+  Tensor out = at::empty({B, H, N, Dv}, qa.options());
+  Tensor ent_h = at::zeros({B, H, N, Q}, qa.options());
+  AT_DISPATCH_FLOATING_TYPES(qa.scalar_type(), "lvtp_cpp.attention_entropy", [&] {
+    at::parallel_for(0, B * H * nblk, 1, [&](int64_t t0, int64_t t1) {
+      for (int64_t t = t0; t < t1; ++t) {
+        const int64_t b = t / (H * nblk), h = (t / nblk) % H, r0 = (t % nblk) * R, r1 = std::min(N, r0 + R);
+        const Tensor qb = qa.select(0, b).select(0, h).slice(0, r0, r1);  // (rows, D)
+        const Tensor kb = ka.select(0, b).select(0, h);                    // (N, D)
+        const Tensor vb = va.select(0, b).select(0, h);                    // (N, Dv)
+        // Per-thread workspaces reused across tasks and calls (a fresh allocation per task
+        // costs page faults); plain from_blob tensors, so the ATen writes into them are legal
+        // in a worker thread, which runs outside the caller's inference mode.
+        thread_local std::vector<scalar_t> ws;
+        const int64_t rows = r1 - r0;
+        const size_t need = static_cast<size_t>(rows * (2 * N + Dv));
+        if (ws.size() < need) ws.resize(need);
+        const auto opt = qa.options();
+        Tensor sb = at::from_blob(ws.data(), {rows, N}, opt);
+        Tensor pb = at::from_blob(ws.data() + rows * N, {rows, N}, opt);
+        Tensor ob = at::from_blob(ws.data() + 2 * rows * N, {rows, Dv}, opt);
+        at::mm_out(sb, qb, kb.t());
+        sb.mul_(scale);
+        at::_softmax_out(pb, sb, -1, false);
+        at::mm_out(ob, pb, vb);
+        std::copy_n(ob.data_ptr<scalar_t>(), rows * Dv, out.data_ptr<scalar_t>() + ((b * H + h) * N + r0) * Dv);
+        const scalar_t* pp = pb.data_ptr<scalar_t>();
+        const scalar_t* sp = sb.data_ptr<scalar_t>();
+        scalar_t* ep = ent_h.data_ptr<scalar_t>() + ((b * H + h) * N + r0) * Q;
+        for (int64_t i = 0; i < r1 - r0; ++i) row_entropies<scalar_t>(pp + i * N, sp + i * N, N, qv, smax, ep + i * Q);
       }
     });
   });
-  return {out, ent.to(at::kFloat)};
+  Tensor ent = ent_h.select(1, 0).clone(at::MemoryFormat::Contiguous);
+  for (int64_t h = 1; h < H; ++h) ent.add_(ent_h.select(1, h));
+  ent.div_(static_cast<double>(H));
+  return {out.to(q.scalar_type()), ent.to(at::kFloat)};
 }
 
 Tensor patch_edge_energy_cpu(const Tensor& image_in, int64_t patch) {
@@ -180,7 +248,9 @@ Tensor patch_edge_energy_cpu(const Tensor& image_in, int64_t patch) {
               // Gx = [-1 0 1; -2 0 2; -1 0 1] and Gy = Gx^T as cross-correlations
               const T gx = (up[xr] - up[xl]) + T(2) * (mid[xr] - mid[xl]) + (dn[xr] - dn[xl]);
               const T gy = (dn[xl] - up[xl]) + T(2) * (dn[x] - up[x]) + (dn[xr] - up[xr]);
-              acc_ += std::hypot(gx, gy);
+              // |g| <= 4 max|pixel|: sqrt of the sum of squares cannot overflow for any image
+              // whose pixels are below 1e18 (fp32) -- hypot's care costs 2x here for nothing
+              acc_ += std::sqrt(gx * gx + gy * gy);
             }
             rowsum[pc] += acc_;
           }
@@ -200,16 +270,129 @@ Tensor patch_edge_energy_cpu(const Tensor& image_in, int64_t patch) {
   return e.to(at::kFloat);
 }
 
+// Step 7, mode "nearest", for one stage (python_ref.pipeline.reconstruct_stage, bit for bit):
+// each pruned token i gets x_stage[i] + (full[j] - x_stage[keep_idx[j]]), j the kept
+// non-protected token of highest cosine similarity at the stage (ties: the earlier j).
+// The similarities come from the reference's own ATen ops on the same values (norm, one
+// batched product); the gathers, the argmax and the output assembly are one pass each.
+Tensor reconstruct_nearest_cpu(const Tensor& full_in, const Tensor& x_stage, const Tensor& keep_idx_in,
+                               const Tensor& prune_idx_in, const Tensor& cluster_id_in) {
+  TORCH_CHECK(full_in.dim() == 3 && x_stage.dim() == 3 && keep_idx_in.dim() == 2 && prune_idx_in.dim() == 2 &&
+                  cluster_id_in.dim() == 2,
+              "lvtp_cpp.reconstruct_nearest: full (B, K, C), x_stage (B, N, C), keep_idx/prune_idx/cluster_id 2-D");
+  const int64_t B = full_in.size(0), K = full_in.size(1), C = full_in.size(2), N = x_stage.size(1);
+  const int64_t P = prune_idx_in.size(1);
+  TORCH_CHECK(x_stage.size(0) == B && x_stage.size(2) == C && keep_idx_in.size(0) == B && keep_idx_in.size(1) == K &&
+                  prune_idx_in.size(0) == B && K + P == N && cluster_id_in.size(0) == B && cluster_id_in.size(1) == N,
+              "lvtp_cpp.reconstruct_nearest: shapes disagree");
+  TORCH_CHECK(K > 0 || P == 0, "lvtp_cpp.reconstruct_nearest: needs a kept token when tokens are pruned");
+  const Tensor keep = keep_idx_in.to(at::kLong).contiguous(), prune = prune_idx_in.to(at::kLong).contiguous();
+  const Tensor cid = cluster_id_in.to(at::kLong).contiguous();
+  const Tensor full = full_in.contiguous();
+  const Tensor xf = x_stage.to(full.scalar_type()).contiguous();  // the reference's x_stage.to(full.dtype)
+  Tensor out = at::empty({B, N, C}, full.options());
+  Tensor near = at::zeros({B, std::max<int64_t>(P, 1)}, keep.options());
+  const int64_t* kp = keep.data_ptr<int64_t>();
+  const int64_t* pp = prune.data_ptr<int64_t>();
+  const int64_t* cp = cid.data_ptr<int64_t>();
+  int64_t* np_ = near.data_ptr<int64_t>();
+  if (P > 0) {
+    const auto acc = at::promote_types(x_stage.scalar_type(), at::kFloat);
+    const Tensor xa = x_stage.to(acc);
+    const Tensor xn = (xa / at::linalg_vector_norm(xa, 2, at::IntArrayRef{-1}, true, c10::nullopt).clamp_min(1e-12))
+                          .contiguous();
+    Tensor kept = at::empty({B, K, C}, xn.options()), pruned = at::empty({B, P, C}, xn.options());
+    AT_DISPATCH_FLOATING_TYPES(acc, "lvtp_cpp.reconstruct_nearest", [&] {
+      const scalar_t* x = xn.data_ptr<scalar_t>();
+      scalar_t* kd = kept.data_ptr<scalar_t>();
+      scalar_t* pd = pruned.data_ptr<scalar_t>();
+      at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
+        for (int64_t b = b0; b < b1; ++b) {
+          for (int64_t j = 0; j < K; ++j)
+            std::copy_n(x + (b * N + kp[b * K + j]) * C, C, kd + (b * K + j) * C);
+          for (int64_t i = 0; i < P; ++i)
+            std::copy_n(x + (b * N + pp[b * P + i]) * C, C, pd + (b * P + i) * C);
+        }
+      });
+      const Tensor sim = at::matmul(pruned, kept.transpose(1, 2)).contiguous();  // (B, P, K)
+      const scalar_t* sp = sim.data_ptr<scalar_t>();
+      at::parallel_for(0, B * P, 64, [&](int64_t r0, int64_t r1) {
+        for (int64_t r = r0; r < r1; ++r) {
+          const int64_t b = r / P;
+          const scalar_t* row = sp + r * K;
+          scalar_t best = -std::numeric_limits<scalar_t>::infinity();
+          int64_t arg = 0;
+          for (int64_t j = 0; j < K; ++j) {
+            if (cp[b * N + kp[b * K + j]] < 0) continue;  // protected: never a source
+            if (row[j] > best || (std::isnan(row[j]) && !std::isnan(best))) {
+              best = row[j];
+              arg = j;
+            }
+          }
+          np_[r] = arg;
+        }
+      });
+    });
+  }
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, full.scalar_type(), "lvtp_cpp.reconstruct_nearest", [&] {
+    const scalar_t* f = full.data_ptr<scalar_t>();
+    const scalar_t* x = xf.data_ptr<scalar_t>();
+    scalar_t* o = out.data_ptr<scalar_t>();
+    at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b) {
+        for (int64_t j = 0; j < K; ++j) std::copy_n(f + (b * K + j) * C, C, o + (b * N + kp[b * K + j]) * C);
+        for (int64_t i = 0; i < P; ++i) {
+          const int64_t j = np_[b * P + i];
+          const scalar_t* xi = x + (b * N + pp[b * P + i]) * C;
+          const scalar_t* fj = f + (b * K + j) * C;
+          const scalar_t* xj = x + (b * N + kp[b * K + j]) * C;
+          scalar_t* oi = o + (b * N + pp[b * P + i]) * C;
+          for (int64_t t = 0; t < C; ++t) {
+            const scalar_t r = fj[t] - xj[t];  // each op rounded to full's dtype, as the reference
+            oi[t] = xi[t] + r;
+          }
+        }
+      }
+    });
+  });
+  return out;
+}
+
+// gather_tokens: out[b, j] = x[b, idx[b, j]], rows copied in parallel (exact).
+Tensor gather_tokens_cpu(const Tensor& x_in, const Tensor& idx_in) {
+  TORCH_CHECK(x_in.dim() == 3 && idx_in.dim() == 2 && idx_in.size(0) == x_in.size(0),
+              "lvtp_cpp.gather_tokens: x (B, N, C) and idx (B, K) expected");
+  const Tensor x = x_in.contiguous();
+  const Tensor idx = idx_in.to(at::kLong).contiguous();
+  const int64_t B = x.size(0), N = x.size(1), C = x.size(2), K = idx.size(1);
+  Tensor out = at::empty({B, K, C}, x.options());
+  const int64_t* ip = idx.data_ptr<int64_t>();
+  for (int64_t i = 0; i < B * K; ++i)
+    TORCH_CHECK(ip[i] >= 0 && ip[i] < N, "lvtp_cpp.gather_tokens: index out of range [0, N)");
+  const int64_t es = x.element_size();
+  const char* xp = static_cast<const char*>(x.data_ptr());
+  char* op = static_cast<char*>(out.data_ptr());
+  at::parallel_for(0, B * K, std::max<int64_t>(1, 16384 / std::max<int64_t>(C * es, 1)), [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r)
+      std::memcpy(op + r * C * es, xp + ((r / K) * N + ip[r]) * C * es, static_cast<size_t>(C * es));
+  });
+  return out;
+}
+
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(lvtp_cpp, m) {
   m.def("attention_entropy(Tensor q, Tensor k, Tensor v, float[] qs, float scale) -> (Tensor out, Tensor ent)");
   m.def("patch_edge_energy(Tensor image, int patch) -> Tensor");
+  m.def("gather_tokens(Tensor x, Tensor idx) -> Tensor");
+  m.def("reconstruct_nearest(Tensor full, Tensor x_stage, Tensor keep_idx, Tensor prune_idx, Tensor cluster_id) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(lvtp_cpp, CPU, m) {
   m.impl("attention_entropy", &attention_entropy_cpu);
   m.impl("patch_edge_energy", &patch_edge_energy_cpu);
+  m.impl("reconstruct_nearest", &reconstruct_nearest_cpu);
+  m.impl("gather_tokens", &gather_tokens_cpu);
 }
 
 }  // namespace lvtp

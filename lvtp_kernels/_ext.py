@@ -22,6 +22,8 @@ from typing import Dict, Tuple
 
 import torch
 
+import python_ref
+
 from . import registry
 
 _STATUS: Dict[str, Tuple[bool, str]] = {}
@@ -117,6 +119,14 @@ def _register_fakes() -> None:
             b, h, n, _ = q.shape
             return q.new_empty((b, h, n, v.shape[3])), q.new_empty((b, n, len(qs)), dtype=torch.float32)
 
+        @torch.library.register_fake("lvtp_cpp::gather_tokens")
+        def _gather_tokens_fake(x, idx):
+            return x.new_empty((x.shape[0], idx.shape[1], x.shape[2]))
+
+        @torch.library.register_fake("lvtp_cpp::reconstruct_nearest")
+        def _reconstruct_nearest_fake(full, x_stage, keep_idx, prune_idx, cluster_id):
+            return full.new_empty((full.shape[0], x_stage.shape[1], full.shape[2]))
+
         @torch.library.register_fake("lvtp_cpp::patch_edge_energy")
         def _patch_edge_energy_fake(image, patch):
             b, _, height, width = image.shape
@@ -167,8 +177,22 @@ def _patch_edge_energy(image, patch):
     return torch.ops.lvtp_cpp.patch_edge_energy(image, patch)
 
 
-# CPU-only scoring kernels (csrc/lvtp_cpu_fused.cpp); on CUDA the Triton kernels run these ops.
+def _reconstruct_stage(full, x_stage, keep_idx, prune_idx, cluster_id, clusters, mode):
+    """The C++ kernel for the default mode "nearest"; "residual" and "frozen" (cheap
+    vectorised torch code already) run python_ref."""
+    if mode != "nearest":
+        return python_ref.reconstruct_stage(full, x_stage, keep_idx, prune_idx, cluster_id, clusters, mode)
+    if full.shape[1] == 0 and prune_idx.shape[1] > 0:  # as the reference's argmax and the Triton kernel
+        raise ValueError("reconstruct_stage: mode 'nearest' needs at least one kept token when tokens are pruned")
+    return torch.ops.lvtp_cpp.reconstruct_nearest(full, x_stage, keep_idx, prune_idx, cluster_id)
+
+
+# CPU-only kernels (csrc/lvtp_cpu_fused.cpp); on CUDA the Triton kernels run these ops.
 registry.register_backend("attention_entropy", "cpp", _attention_entropy, devices=("cpu",),
                           available=_stale(_cpp_available, "attention_entropy"))
 registry.register_backend("patch_edge_energy", "cpp", _patch_edge_energy, devices=("cpu",),
                           available=_stale(_cpp_available, "patch_edge_energy"))
+registry.register_backend("reconstruct_stage", "cpp", _reconstruct_stage, devices=("cpu",),
+                          available=_stale(_cpp_available, "reconstruct_nearest"))
+registry.register_backend("gather_tokens", "cpp", lambda x, idx: torch.ops.lvtp_cpp.gather_tokens(x, idx),
+                          devices=("cpu",), available=_stale(_cpp_available, "gather_tokens"))

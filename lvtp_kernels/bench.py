@@ -10,7 +10,10 @@ What is timed: the whole forward (image -> logits) of a model with random weight
 reduction, each method's schedule solved on its own cost model so GFLOPs are equal.
 Warm-up first; then the median of many runs, timed with CUDA events on a GPU (inside
 a CUDA graph replay where the capture works, ``--graphs auto``) and a synchronised
-wall clock on the CPU.
+wall clock on the CPU. Each method row times the unpruned forward, the method and the
+static forward (below) in interleaved rounds, one call of each per round, and its
+``speedup`` is against the unpruned time of the same rounds: drift of a shared machine's
+clock or load hits all three alike.
 
 ``overhead_ms`` is what the pruning itself costs: the method's forward minus a *static*
 forward that runs the same blocks on the same token counts (taken from the method's own
@@ -106,6 +109,69 @@ def time_forward(fn: Callable[[Tensor], Tensor], x: Tensor, graphs: str, warmup:
                 _sync(device)
                 return Timed(median_ms(lambda: fn(x), device, warmup, repeats, max_s), False, note)
         return Timed(median_ms(lambda: fn(x), device, warmup, repeats, max_s), False)
+
+
+def _prepare(fn: Callable[[Tensor], Tensor], x: Tensor, graphs: str, warmup: int):
+    """(callable to time, graph?, note): a CUDA graph replay of ``fn(x)`` where the capture
+    works (``graphs`` auto/on), else ``fn`` itself after ``warmup`` calls."""
+    dev = x.device
+    if dev.type == "cuda" and graphs != "off":
+        try:
+            s = torch.cuda.Stream(dev)
+            s.wait_stream(torch.cuda.current_stream(dev))
+            with torch.cuda.stream(s):
+                for _ in range(max(warmup, 2)):  # compiles the Triton kernels, fills caches
+                    fn(x)
+            torch.cuda.current_stream(dev).wait_stream(s)
+            _sync(dev)
+            g = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(g):
+                fn(x)
+            return g.replay, True, "", g
+        except Exception as exc:  # noqa: BLE001 - reported, then timed eagerly
+            if graphs == "on":
+                raise
+            note = f"graph capture failed ({type(exc).__name__}: {str(exc).splitlines()[0][:120]}); eager"
+            _sync(dev)
+            for _ in range(warmup):
+                fn(x)
+            return (lambda: fn(x)), False, note, None
+    for _ in range(warmup):
+        fn(x)
+    return (lambda: fn(x)), False, "", None
+
+
+def measure_interleaved(fns: Dict[str, Callable[[Tensor], Tensor]], x: Tensor, graphs: str, warmup: int,
+                        repeats: int, max_s: float) -> Dict[str, Timed]:
+    """Median time of each ``fns[name](x)``, timed in interleaved rounds (one call of each per
+    round), so that clock or load drift on a shared machine hits every variant alike; at
+    least 5 rounds, at most ``repeats``, stopping after ``max_s`` seconds."""
+    dev = x.device
+    prepared = {}
+    with torch.inference_mode():
+        for name, fn in fns.items():
+            prepared[name] = _prepare(fn, x, graphs, warmup)
+        _sync(dev)
+        times: Dict[str, List[float]] = {name: [] for name in fns}
+        end_by = time.perf_counter() + max_s
+        for r in range(repeats):
+            for name, (call, _, _, _) in prepared.items():
+                if dev.type == "cuda":
+                    a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                    a.record()
+                    call()
+                    b.record()
+                    b.synchronize()
+                    times[name].append(a.elapsed_time(b))
+                else:
+                    t0 = time.perf_counter()
+                    call()
+                    times[name].append((time.perf_counter() - t0) * 1e3)
+            if r >= 4 and time.perf_counter() > end_by:
+                break
+    out = {name: Timed(statistics.median(times[name]), prepared[name][1], prepared[name][2]) for name in fns}
+    del prepared
+    return out
 
 
 def peak_memory_mb(fn: Callable[[Tensor], Tensor], x: Tensor) -> Optional[float]:
@@ -270,26 +336,32 @@ def run_e2e(arch: str = "vit_b", size: Optional[Tuple[int, int]] = None, batch: 
         for r in reductions:
             schedule = method_schedule(model, m, r, size)
             gflops = method_gflops(model, m, schedule, size)
-            run = make_runner(model, m, schedule)
+            # LVTP patches its model in place: it gets a copy, so the unpruned and static
+            # forwards can be timed in the same rounds
+            pm = copy.deepcopy(model) if m.kind == "lvtp" else model
+            run = make_runner(pm, m, schedule)
+            counts = schedule_counts(model, schedule, n_tokens)
+            fns = {"base": model, "run": run}
+            if overhead:
+                fns["static"] = static_forward(model, counts)
             try:
-                t = time_forward(run, x, graphs, warmup, repeats, max_s)
+                t = measure_interleaved(fns, x, graphs, warmup, repeats, max_s)
                 peak = peak_memory_mb(run, x)
-                counts = schedule_counts(model, schedule, n_tokens)
-                over = None
-                if overhead:
-                    ts = time_forward(static_forward(model, counts), x, graphs, warmup, repeats, max_s)
-                    over = t.ms - ts.ms
             finally:
-                release(model)
+                release(pm)
+                del pm, run, fns
+            tb, tr = t["base"], t["run"]
+            over = (tr.ms - t["static"].ms) if overhead else None
             row = {"method": m.name, "reduction": r, "schedule": [list(s) for s in schedule], "gflops": gflops,
-                   "ms": t.ms, "images_per_s": batch / (t.ms * 1e-3), "speedup": rec["baseline"]["ms"] / t.ms,
-                   "ideal_speedup": base_gflops / gflops, "overhead_ms": over,
-                   "overhead_pct": (100 * over / t.ms) if over is not None else None,
-                   "static_ms": (t.ms - over) if over is not None else None, "graph": t.graph,
-                   "peak_mem_mb": peak, "tokens_per_block": counts, "note": t.note}
+                   "ms": tr.ms, "images_per_s": batch / (tr.ms * 1e-3), "speedup": tb.ms / tr.ms,
+                   "baseline_ms": tb.ms, "ideal_speedup": base_gflops / gflops, "overhead_ms": over,
+                   "overhead_pct": (100 * over / tr.ms) if over is not None else None,
+                   "static_ms": t["static"].ms if overhead else None, "graph": tr.graph,
+                   "peak_mem_mb": peak, "tokens_per_block": counts, "note": tr.note}
             results.append(row)
-            log(f"{m.name:>8} {r:.2f}: {t.ms:.2f} ms, {row['speedup']:.2f}x (ideal {row['ideal_speedup']:.2f}x), "
-                f"overhead {('%.2f ms (%.1f %%)' % (over, row['overhead_pct'])) if over is not None else '-'} {t.note}")
+            log(f"{m.name:>8} {r:.2f}: {tr.ms:.2f} ms vs {tb.ms:.2f} ms unpruned in the same rounds, "
+                f"{row['speedup']:.2f}x (ideal {row['ideal_speedup']:.2f}x), overhead "
+                f"{('%.2f ms (%.1f %%)' % (over, row['overhead_pct'])) if over is not None else '-'} {tr.note}")
     rec["results"] = results
     return rec
 
@@ -305,19 +377,21 @@ def format_table(rec: dict) -> str:
         lines += [f"measured ceilings: copy {rec['ceilings']['copy_GBps']:.0f} GB/s, matmul "
                   f"{rec['ceilings']['matmul_TFLOPs']:.1f} TFLOP/s; unpruned forward at "
                   f"{b.get('TFLOPs', float('nan')):.1f} TFLOP/s = {b.get('pct_matmul_peak', float('nan')):.0f} % of it", ""]
-    lines += ["| method | reduction | GFLOPs/img | ms | img/s | speedup | ideal | overhead ms | overhead % | peak MB |",
-              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines += ["| method | reduction | GFLOPs/img | ms | img/s | unpruned ms (same rounds) | speedup | ideal | "
+              "overhead ms | overhead % | peak MB |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
 
     def mb(v):
         return "-" if v is None else f"{v:.0f}"
 
-    lines.append(f"| unpruned | 0 | {b['gflops']:.2f} | {b['ms']:.2f} | {b['images_per_s']:.1f} | 1.00x | 1.00x | - | - | "
-                 f"{mb(b['peak_mem_mb'])} |")
+    lines.append(f"| unpruned | 0 | {b['gflops']:.2f} | {b['ms']:.2f} | {b['images_per_s']:.1f} | {b['ms']:.2f} | 1.00x | "
+                 f"1.00x | - | - | {mb(b['peak_mem_mb'])} |")
     for r in rec["results"]:
         o = "-" if r["overhead_ms"] is None else f"{r['overhead_ms']:.2f}"
         op = "-" if r["overhead_pct"] is None else f"{r['overhead_pct']:.1f}"
+        bms = f"{r['baseline_ms']:.2f}" if r.get("baseline_ms") is not None else "-"
         lines.append(f"| {r['method']} | {r['reduction']:.2f} | {r['gflops']:.2f} | {r['ms']:.2f} | "
-                     f"{r['images_per_s']:.1f} | {r['speedup']:.2f}x | {r['ideal_speedup']:.2f}x | {o} | {op} | "
+                     f"{r['images_per_s']:.1f} | {bms} | {r['speedup']:.2f}x | {r['ideal_speedup']:.2f}x | {o} | {op} | "
                      f"{mb(r['peak_mem_mb'])} |")
     notes = {x["note"] for x in [b] + rec["results"] if x.get("note")}
     if c["device"].startswith("cuda"):

@@ -69,9 +69,9 @@ def test_attention_entropy_peaked_and_uniform_rows():
     v = torch.randn(1, 1, n, d)
     _, ent = torch.ops.lvtp_cpp.attention_entropy(q, k, v, QS, 1.0)  # q = 0: uniform rows
     torch.testing.assert_close(ent, torch.ones(1, n, len(QS)), rtol=0, atol=1e-6)
-    q = k * 1e4  # each row puts all mass on its own key: entropies ~ 0, no NaN
-    _, ent = torch.ops.lvtp_cpp.attention_entropy(q, k, v, QS, 1.0)
-    assert torch.isfinite(ent).all() and ent.abs().max() < 1e-3
+    eye = torch.eye(32)[None, None]  # logit 1e4 on the diagonal, 0 elsewhere: one-hot rows
+    _, ent = torch.ops.lvtp_cpp.attention_entropy(eye * 1e4, eye, eye, QS, 1.0)
+    assert torch.isfinite(ent).all() and ent.abs().max() < 1e-6
 
 
 @pytest.mark.parametrize("hw", [(16, 16), (67, 95), (240, 320), (33, 17)])
@@ -120,3 +120,73 @@ def test_raw_ops_reject_bad_shapes():
         torch.ops.lvtp_cpp.patch_edge_energy(torch.rand(1, 3, 8, 8), 16)
     with pytest.raises(RuntimeError, match=r"\(B, 3, H, W\)"):
         torch.ops.lvtp_cpp.patch_edge_energy(torch.rand(1, 4, 8, 8), 4)
+
+
+# --------------------------------------------------------------------------- reconstruct_stage
+def _stage(b, n, k, c, dtype, gen, p=1):
+    x = torch.randn(b, n, c, generator=gen).to(dtype)
+    perm = torch.stack([torch.cat([torch.arange(p), p + torch.randperm(n - p, generator=gen)]) for _ in range(b)])
+    keep = torch.sort(perm[:, :k], dim=1).values
+    prune = torch.sort(perm[:, k:], dim=1).values
+    cid = torch.randint(0, 4, (b, n), generator=gen, dtype=torch.int32)
+    cid[:, :p] = -1
+    full = torch.randn(b, k, c, generator=gen).to(dtype)
+    return full, x, keep, prune, cid
+
+
+@pytest.mark.parametrize("n, k", [(1, 1), (2, 1), (50, 20), (197, 140), (577, 300)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+def test_reconstruct_nearest_bit_identical(n, k, dtype, gen):
+    full, x, keep, prune, cid = _stage(2, n, k, 24, dtype, gen)
+    got = torch.ops.lvtp_cpp.reconstruct_nearest(full, x, keep, prune, cid)
+    want = python_ref.reconstruct_stage(full, x, keep, prune, cid, 4, "nearest")
+    assert got.dtype == want.dtype and torch.equal(got, want)
+
+
+def test_reconstruct_nearest_strided_and_int32(gen):
+    full, x, keep, prune, cid = _stage(3, 60, 25, 16, torch.float32, gen)
+    xt = x.transpose(0, 1).contiguous().transpose(0, 1)  # same values, other strides
+    got = torch.ops.lvtp_cpp.reconstruct_nearest(full, xt, keep.int(), prune.int(), cid)
+    assert torch.equal(got, python_ref.reconstruct_stage(full, x, keep, prune, cid, 4, "nearest"))
+
+
+def test_reconstruct_public_op_uses_cpp_for_nearest_only(gen, monkeypatch):
+    monkeypatch.setenv("LVTP_IMPL", "auto")
+    assert registry.choose_backend("reconstruct_stage", "cpu") == "cpp"
+    full, x, keep, prune, cid = _stage(2, 40, 15, 8, torch.float32, gen)
+    for mode in ("nearest", "residual", "frozen"):
+        got = torch.ops.lvtp.reconstruct_stage(full, x, keep, prune, cid, 4, mode)
+        assert torch.equal(got, python_ref.reconstruct_stage(full, x, keep, prune, cid, 4, mode)), mode
+
+
+def test_reconstruct_nearest_opcheck(gen):
+    full, x, keep, prune, cid = _stage(1, 12, 5, 4, torch.float32, gen)
+    torch.library.opcheck(torch.ops.lvtp_cpp.reconstruct_nearest, (full, x, keep, prune, cid))
+
+
+def test_ops_run_under_inference_mode(gen):
+    """The kernels' worker threads write the outputs of a caller in inference mode."""
+    q, k, v = _qkv(2, 3, 40, 8, torch.float32, gen)
+    full, x, keep, prune, cid = _stage(2, 40, 15, 8, torch.float32, gen)
+    with torch.inference_mode():
+        out, ent = torch.ops.lvtp_cpp.attention_entropy(q, k, v, QS, 0.3)
+        rec = torch.ops.lvtp_cpp.reconstruct_nearest(full, x, keep, prune, cid)
+        e = torch.ops.lvtp_cpp.patch_edge_energy(torch.rand(2, 3, 32, 32, generator=gen), 16)
+    torch.testing.assert_close(out, python_ref.attention_entropy(q, k, v, QS, 0.3)[0])
+    assert rec.shape == (2, 40, 8) and e.shape == (2, 4) and ent.shape == (2, 40, 4)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("n, k, c", [(1, 1, 3), (50, 20, 7), (197, 140, 192), (1025, 700, 16)])
+def test_gather_tokens_exact(dtype, n, k, c, gen):
+    x = torch.randn(2, n, c, generator=gen).to(dtype)
+    idx = torch.stack([torch.sort(torch.randperm(n, generator=gen)[:k]).values for _ in range(2)])
+    for i in (idx, idx.int()):
+        assert torch.equal(torch.ops.lvtp_cpp.gather_tokens(x, i), python_ref.gather_tokens(x, idx))
+    xt = x.transpose(1, 2).contiguous().transpose(1, 2)  # strided input
+    assert torch.equal(torch.ops.lvtp_cpp.gather_tokens(xt, idx), python_ref.gather_tokens(x, idx))
+
+
+def test_gather_tokens_rejects_out_of_range():
+    with pytest.raises(RuntimeError, match="out of range"):
+        torch.ops.lvtp_cpp.gather_tokens(torch.randn(1, 4, 2), torch.tensor([[0, 4]]))

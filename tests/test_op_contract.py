@@ -978,7 +978,8 @@ def _auto_cpu(op: str) -> str:
     which composes select) when the extension is built, else the reference."""
     from lvtp_kernels import _ext
 
-    cpp_ops = ("kmeans", "select", "select_tokens", "prune", "attention_entropy", "patch_edge_energy")
+    cpp_ops = ("kmeans", "select", "select_tokens", "prune", "attention_entropy", "patch_edge_energy",
+               "reconstruct_stage", "gather_tokens")
     return "cpp" if op in cpp_ops and _ext.status()["cpp"][0] else "ref"
 
 
