@@ -27,6 +27,7 @@
 #include <vector>
 
 #include "lvtp_common.h"
+#include "lvtp_fmt.h"
 
 // An importable (empty) Python module: `import lvtp_kernels._C` loads the library and
 // runs the TORCH_LIBRARY registrations below.
@@ -333,13 +334,13 @@ void kmeans_batch(const Tensor& xt, Tensor& ct, int64_t iters, Tensor& at_, Dist
 }
 
 void check_kmeans_args(const Tensor& x, const Tensor& init, int64_t iters) {
-  TORCH_CHECK(x.dim() == 3, "lvtp_cpp.kmeans: x must be (B, n, d), got ", x.sizes());
-  TORCH_CHECK(init.dim() == 3, "lvtp_cpp.kmeans: init must be (B, k, d), got ", init.sizes());
+  TORCH_CHECK(x.dim() == 3, lvtp::fmt("lvtp_cpp.kmeans: x must be (B, n, d), got ", x.sizes()));
+  TORCH_CHECK(init.dim() == 3, lvtp::fmt("lvtp_cpp.kmeans: init must be (B, k, d), got ", init.sizes()));
   TORCH_CHECK(x.size(0) == init.size(0) && x.size(2) == init.size(2),
-              "lvtp_cpp.kmeans: x ", x.sizes(), " and init ", init.sizes(), " disagree on B or d");
+              lvtp::fmt("lvtp_cpp.kmeans: x ", x.sizes(), " and init ", init.sizes(), " disagree on B or d"));
   TORCH_CHECK(x.size(1) >= 1 && init.size(1) >= 1 && init.size(1) <= x.size(1),
-              "lvtp_cpp.kmeans: need 1 <= k <= n, got n=", x.size(1), " k=", init.size(1));
-  TORCH_CHECK(iters >= 1, "lvtp_cpp.kmeans: iters must be >= 1, got ", iters);
+              lvtp::fmt("lvtp_cpp.kmeans: need 1 <= k <= n, got n=", x.size(1), " k=", init.size(1)));
+  TORCH_CHECK(iters >= 1, lvtp::fmt("lvtp_cpp.kmeans: iters must be >= 1, got ", iters));
   TORCH_CHECK(at::isFloatingType(x.scalar_type()) && at::isFloatingType(init.scalar_type()),
               "lvtp_cpp.kmeans: x and init must be floating point");
 }
@@ -482,13 +483,13 @@ void select_one(const double* x, const double* u, int64_t n, int64_t C, int64_t 
 
 void check_select_args(const Tensor& tokens, const Tensor& ent, const std::optional<Tensor>& edge, double keep_ratio,
                        int64_t num_protected, c10::string_view mode, int64_t clusters, int64_t iters) {
-  TORCH_CHECK(tokens.dim() == 3, "lvtp_cpp.select: tokens must be (B, N, C), got ", tokens.sizes());
+  TORCH_CHECK(tokens.dim() == 3, lvtp::fmt("lvtp_cpp.select: tokens must be (B, N, C), got ", tokens.sizes()));
   TORCH_CHECK(ent.dim() == 3 && ent.size(0) == tokens.size(0) && ent.size(1) == tokens.size(1),
-              "lvtp_cpp.select: ent must be (B, N, Q) like tokens, got ", ent.sizes());
+              lvtp::fmt("lvtp_cpp.select: ent must be (B, N, Q) like tokens, got ", ent.sizes()));
   TORCH_CHECK(ent.size(2) >= 1 && tokens.size(2) >= 1, "lvtp_cpp.select: empty Q or C");
   if (edge.has_value())
     TORCH_CHECK(edge->dim() == 2 && edge->size(0) == tokens.size(0) && edge->size(1) == tokens.size(1),
-                "lvtp_cpp.select: edge must be (B, N), got ", edge->sizes());
+                lvtp::fmt("lvtp_cpp.select: edge must be (B, N), got ", edge->sizes()));
   TORCH_CHECK(keep_ratio > 0.0 && keep_ratio <= 1.0, "lvtp_cpp.select: keep_ratio must be in (0, 1]");
   TORCH_CHECK(num_protected >= 0 && num_protected < tokens.size(1),
               "lvtp_cpp.select: num_protected must be in [0, N-1]");
@@ -498,8 +499,8 @@ void check_select_args(const Tensor& tokens, const Tensor& ent, const std::optio
 
 int check_allocation(c10::string_view allocation) {
   const int a = allocation_from_name(allocation);
-  TORCH_CHECK(a >= 0, "lvtp_cpp.select_tokens: allocation must be 'ranked' or 'proportional', got '",
-              std::string(allocation.data(), allocation.size()), "'");
+  TORCH_CHECK(a >= 0, lvtp::fmt("lvtp_cpp.select_tokens: allocation must be 'ranked' or 'proportional', got '",
+              std::string(allocation.data(), allocation.size()), "'"));
   return a;
 }
 
@@ -582,7 +583,8 @@ std::tuple<Tensor, Tensor, Tensor> select_tokens_cpu(const Tensor& tokens, const
         prow[np++] = P + i;
       crow[P + i] = static_cast<int32_t>(ap[b * n + i]);
     }
-    TORCH_CHECK(nk == P + K && np == n - K, "lvtp_cpp.select: internal error: kept ", nk - P, " tokens, budget ", K);
+    TORCH_CHECK(nk == P + K && np == n - K,
+                lvtp::fmt("lvtp_cpp.select: internal error: kept ", nk - P, " tokens, budget ", K));
   }
   return {keep_idx, prune_idx, cluster_id};
 }

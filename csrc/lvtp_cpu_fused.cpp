@@ -19,6 +19,8 @@
 #include <torch/library.h>
 #include <torch/torch.h>
 
+#include "lvtp_fmt.h"
+
 #include <algorithm>
 #include <cmath>
 #include <cstring>

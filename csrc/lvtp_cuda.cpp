@@ -14,6 +14,7 @@
 #include <string>
 
 #include "lvtp_common.h"
+#include "lvtp_fmt.h"
 #include "lvtp_cuda.h"
 
 extern "C" PyObject* PyInit__C_cuda(void) {
@@ -29,13 +30,13 @@ using at::Tensor;
 #define LVTP_CUDA_CHECK(expr, what)                                                                   \
   do {                                                                                                \
     const cudaError_t err_ = (expr);                                                                  \
-    TORCH_CHECK(err_ == cudaSuccess, "lvtp_cpp.", what, ": CUDA error: ", cudaGetErrorString(err_)); \
+    TORCH_CHECK(err_ == cudaSuccess, lvtp::fmt("lvtp_cpp.", what, ": CUDA error: ", cudaGetErrorString(err_))); \
   } while (0)
 
 std::tuple<Tensor, Tensor> kmeans_cuda(const Tensor& x_in, const Tensor& init, int64_t iters) {
   TORCH_CHECK(x_in.dim() == 3 && init.dim() == 3, "lvtp_cpp.kmeans: x (B, n, d) and init (B, k, d) expected");
   TORCH_CHECK(x_in.size(0) == init.size(0) && x_in.size(2) == init.size(2),
-              "lvtp_cpp.kmeans: x ", x_in.sizes(), " and init ", init.sizes(), " disagree on B or d");
+              lvtp::fmt("lvtp_cpp.kmeans: x ", x_in.sizes(), " and init ", init.sizes(), " disagree on B or d"));
   TORCH_CHECK(init.size(1) >= 1 && init.size(1) <= x_in.size(1), "lvtp_cpp.kmeans: need 1 <= k <= n");
   TORCH_CHECK(iters >= 1, "lvtp_cpp.kmeans: iters must be >= 1");
   TORCH_CHECK(x_in.is_cuda() && init.device() == x_in.device(), "lvtp_cpp.kmeans: x and init on one CUDA device");
@@ -64,8 +65,8 @@ std::tuple<Tensor, Tensor, Tensor> select_tokens_cuda(const Tensor& tokens_in, c
                                                       c10::string_view entropy_mode, int64_t clusters, int64_t iters,
                                                       c10::string_view allocation_name) {
   const int allocation = allocation_from_name(allocation_name);
-  TORCH_CHECK(allocation >= 0, "lvtp_cpp.select_tokens: allocation must be 'ranked' or 'proportional', got '",
-              std::string(allocation_name.data(), allocation_name.size()), "'");
+  TORCH_CHECK(allocation >= 0, lvtp::fmt("lvtp_cpp.select_tokens: allocation must be 'ranked' or 'proportional', got '",
+              std::string(allocation_name.data(), allocation_name.size()), "'"));
   TORCH_CHECK(tokens_in.dim() == 3, "lvtp_cpp.select: tokens must be (B, N, C)");
   TORCH_CHECK(ent_in.dim() == 3 && ent_in.size(0) == tokens_in.size(0) && ent_in.size(1) == tokens_in.size(1),
               "lvtp_cpp.select: ent must be (B, N, Q) like tokens");
