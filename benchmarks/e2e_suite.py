@@ -73,6 +73,7 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=30)
     ap.add_argument("--max-seconds", type=float, default=2.0)
     ap.add_argument("--only", default=None, help="comma-separated row numbers of the preset")
+    ap.add_argument("--classes", type=int, default=150, help="decoder classes of the random-weight models")
     args = ap.parse_args(argv)
     preset = args.preset or ("gpu" if args.device == "cuda" else "cpu")
     configs = {"gpu": GPU, "cpu": CPU, "quick": QUICK[args.device]}[preset]
@@ -86,7 +87,8 @@ def main(argv=None) -> int:
         t1 = time.time()
         try:
             rec = bench.run_e2e(arch, size, batch, dtype, args.device, (0.2, 0.3, 0.45), methods.split(","),
-                                repeats=args.repeats, max_s=args.max_seconds, ceilings=dtype not in ceilings)
+                                repeats=args.repeats, max_s=args.max_seconds, ceilings=dtype not in ceilings,
+                                classes=args.classes)
         except Exception as exc:  # noqa: BLE001 - one failed config must not lose the others
             msg = f"### {arch} {size} batch {batch} {dtype}: FAILED {type(exc).__name__}: {exc}"
             print(msg, flush=True)

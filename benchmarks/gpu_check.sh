@@ -24,7 +24,8 @@ export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 export LVTP_BENCH_CSV="$LOGS/bench.csv"
 PY=${PY:-python3}
 [ -x .venv/bin/python ] && [ $DRY = 1 ] && PY=.venv/bin/python
-BUDGET=${GPU_CHECK_BUDGET:-420}
+BUDGET=${GPU_CHECK_BUDGET:-470}
+[ $DRY = 1 ] && BUDGET=${GPU_CHECK_BUDGET:-3600}  # the CPU has no device clock to save
 STEPS=${GPU_CHECK_STEPS:-"build segv e2e pytest ops memcheck racecheck"}
 SUMMARY="$OUT/summary.md"
 T0=$SECONDS
@@ -77,6 +78,9 @@ if [ $DRY = 0 ]; then
   want segv && step segv 60 20 cuda-gdb -batch -ex run -ex bt --args "$PY" -X faulthandler -c \
     "import torch, lvtp_kernels; torch.ops.lvtp_cpp.kmeans(torch.randn(1, 3, 2), torch.randn(1, 4, 2), 1)"
   want e2e && step e2e 240 60 "$PY" -m benchmarks.e2e_suite --out "$OUT" --preset gpu --profile $E2E_ARGS
+  # the same ViT-B row with a 19-class head: how much of the gap is the 150-class upsample
+  want e2e && step e2e-19cls 60 30 "$PY" -m benchmarks.e2e_suite --out "$LOGS/e2e_19cls" --preset gpu --only 0 \
+    --classes 19
   # -v: every test's name and outcome is in the log even if the step times out
   want pytest && step pytest-gpu 170 40 "$PY" -m pytest $GPU_TESTS -v -p no:cacheprovider $XDIST \
     --durations=15 -rfEs --tb=short -o faulthandler_timeout=100

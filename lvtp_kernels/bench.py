@@ -220,8 +220,10 @@ def parse_size(s: str) -> Tuple[int, int]:
 _BUILT: Dict[tuple, torch.nn.Module] = {}
 
 
-def build(arch: str, size: Optional[Tuple[int, int]], device: torch.device, dtype: torch.dtype, seed: int = 0):
-    """(model, image size): random weights for a preset, or the bundled CamVid model."""
+def build(arch: str, size: Optional[Tuple[int, int]], device: torch.device, dtype: torch.dtype, seed: int = 0,
+          classes: int = 150):
+    """(model, image size): random weights for a preset (a linear decoder to ``classes``
+    classes, logits upsampled to the image), or the bundled CamVid model (11 classes)."""
     from .models import vit
 
     if arch == "bundled":
@@ -231,10 +233,10 @@ def build(arch: str, size: Optional[Tuple[int, int]], device: torch.device, dtyp
         size = size or tuple(model.cfg.img_size)
     elif arch in vit.PRESETS:
         size = size or (512, 512)
-        key = (arch, size, seed)
+        key = (arch, size, seed, classes)
         if key not in _BUILT:  # random init of a ViT-L takes seconds: once per process
             _BUILT.clear()
-            _BUILT[key] = vit.build_model(arch, seed=seed, img_size=size, num_classes=150)
+            _BUILT[key] = vit.build_model(arch, seed=seed, img_size=size, num_classes=classes)
         model = copy.deepcopy(_BUILT[key])
     else:
         raise ValueError(f"--arch must be one of {ARCHS}, got {arch!r}")
@@ -280,7 +282,7 @@ def schedule_counts(model, schedule, n0: int) -> List[int]:
 def run_e2e(arch: str = "vit_b", size: Optional[Tuple[int, int]] = None, batch: int = 8, dtype: str = "fp16",
             device: str = "cuda", reductions: Sequence[float] = (0.2, 0.3, 0.45), methods: Sequence[str] = ("lvtp",),
             graphs: str = "auto", repeats: int = 50, max_s: float = 5.0, warmup: int = 5, overhead: bool = True,
-            ceilings: bool = True, threads: Optional[int] = None, log=print) -> dict:
+            ceilings: bool = True, threads: Optional[int] = None, classes: int = 150, log=print) -> dict:
     """The e2e benchmark; returns the JSON record (see the module docstring)."""
     from .baselines import make_runner, parse_method, release
     from .evaluate import method_gflops, method_schedule
@@ -302,7 +304,9 @@ def run_e2e(arch: str = "vit_b", size: Optional[Tuple[int, int]] = None, batch: 
     tdtype = DTYPES[dtype]
     if dev.type == "cpu" and tdtype != torch.float32:
         log(f"note: {dtype} on the CPU is emulated by PyTorch and slow; fp32 is the CPU's dtype")
-    model, size = build(arch, size, dev, tdtype)
+    if classes < 1:
+        raise ValueError(f"--classes must be >= 1, got {classes}")
+    model, size = build(arch, size, dev, tdtype, classes=classes)
     methods_p = [parse_method(m) for m in methods]
     g = torch.Generator(device=dev).manual_seed(0)
     x = torch.rand(batch, 3, *size, device=dev, generator=g).to(tdtype)
@@ -312,6 +316,7 @@ def run_e2e(arch: str = "vit_b", size: Optional[Tuple[int, int]] = None, batch: 
         "config": {"arch": arch, "size": list(size), "batch": batch, "dtype": dtype, "device": str(dev),
                    "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
                    "threads": torch.get_num_threads(), "tokens": n_tokens, "graphs": graphs,
+                   "classes": model.cfg.num_classes,
                    "torch": torch.__version__, "date": time.strftime("%Y-%m-%d")},
     }
     if ceilings:
@@ -370,7 +375,7 @@ def format_table(rec: dict) -> str:
     c, b = rec["config"], rec["baseline"]
     lines = [
         f"### {c['arch']} {c['size'][0]}x{c['size'][1]}, batch {c['batch']}, {c['dtype']}, {c['device_name']} "
-        f"({c['tokens']} tokens, torch {c['torch']}, {c['date']})",
+        f"({c['tokens']} tokens, {c.get('classes', '?')} classes, torch {c['torch']}, {c['date']})",
         "",
     ]
     if "ceilings" in rec:
@@ -485,6 +490,8 @@ def add_parser(sub) -> None:
     e.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
     e.add_argument("--no-overhead", action="store_true", help="skip the static forward behind overhead_ms")
     e.add_argument("--no-ceilings", action="store_true", help="skip measuring copy bandwidth and matmul rate")
+    e.add_argument("--classes", type=int, default=150,
+                   help="decoder classes of a random-weight preset (150: ADE20K; its logits are upsampled to the image)")
     e.add_argument("--json", default=None, help="write the record here")
     e.add_argument("--md", default=None, help="append the markdown table here")
     e.set_defaults(func=cmd_e2e)
@@ -508,7 +515,8 @@ def cmd_e2e(args: argparse.Namespace) -> int:
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     try:
         rec = run_e2e(arch, size, args.batch, dtype, dev, reductions, methods, args.graphs, args.repeats,
-                      args.max_seconds, args.warmup, not args.no_overhead, not args.no_ceilings, args.threads)
+                      args.max_seconds, args.warmup, not args.no_overhead, not args.no_ceilings, args.threads,
+                      args.classes)
     except ValueError as exc:
         print(f"lvtp bench e2e: {exc}", file=sys.stderr)
         return 2
