@@ -287,7 +287,7 @@ def _check_attention_lowp(q, k, v, qs, scale, out, ent):
     assert err_ent <= 2 * base_ent + 1e-6, (err_ent, base_ent)
 
 
-@pytest.mark.parametrize("impl,device", [REF, TRITON, TRITON_GPU])
+@pytest.mark.parametrize("impl,device", [REF, TRITON, CPP, TRITON_GPU])
 @given(inp=attention_inputs())
 def test_fuzz_attention_entropy(impl, device, inp):
     q, k, v, qs, scale = inp
@@ -339,7 +339,7 @@ def edge_inputs(draw):
     return draw(laid_out(img)), patch
 
 
-@pytest.mark.parametrize("impl,device", [REF, TRITON, TRITON_GPU])
+@pytest.mark.parametrize("impl,device", [REF, TRITON, CPP, TRITON_GPU])
 @given(inp=edge_inputs())
 def test_fuzz_patch_edge_energy(impl, device, inp):
     image, patch = inp
@@ -613,7 +613,7 @@ def gather_inputs(draw):
     return draw(laid_out(x)), draw(laid_out(idx, pad=n - 1))
 
 
-@pytest.mark.parametrize("impl,device", [REF, TRITON, TRITON_GPU])
+@pytest.mark.parametrize("impl,device", [REF, TRITON, CPP, TRITON_GPU])
 @given(inp=gather_inputs())
 def test_fuzz_gather_tokens(impl, device, inp):
     x, idx = inp
@@ -688,7 +688,7 @@ def reconstruct_inputs(draw):
     )
 
 
-@pytest.mark.parametrize("impl,device", [REF, TRITON, TRITON_GPU])
+@pytest.mark.parametrize("impl,device", [REF, TRITON, CPP, TRITON_GPU])
 @given(inp=reconstruct_inputs())
 def test_fuzz_reconstruct_stage(impl, device, inp):
     full, x_stage, keep_idx, prune_idx, cid, clusters, mode = inp
