@@ -1,7 +1,8 @@
 // Batched Lloyd k-means on CUDA (spec step 5.1). See lvtp_cuda.h for the interface.
 //
-// Assignment: one warp per point, lanes split d, KC centroids per register chunk; the
-// batch image's centroids sit in shared memory when k*d fits (global memory otherwise).
+// Assignment: one warp per point, lanes split d, KC centroids per register chunk, blocks
+// of up to 64 points (fewer for small batches); the batch image's centroids sit in shared
+// memory when k*d fits the device's opt-in limit (global memory otherwise).
 // Lane partial sums are combined by a fixed shuffle-down tree: deterministic. Ties go to
 // the lower cluster index (strict <), like argmin.
 // Update: blocks of (32 columns, cluster, image); warps split the points, partial sums are
@@ -19,7 +20,8 @@ namespace {
 
 constexpr int kWarp = 32;
 constexpr int kAssignThreads = 256;
-constexpr int kPointsPerBlock = 64;
+constexpr int kPointsPerBlock = 64;  // at most; fewer when the grid would not fill the GPU
+constexpr int64_t kTargetBlocks = 264;  // about two blocks per SM of an H100/H200
 constexpr int kUpdateThreads = 256;
 constexpr int KC = 8;  // centroids per register chunk
 constexpr size_t kSmemLimit = 48 * 1024;
@@ -48,7 +50,8 @@ __device__ __forceinline__ T warp_sum_to_all(T v) {
 
 template <typename InT, typename AccT, bool kSmem>
 __global__ void __launch_bounds__(kAssignThreads) assign_kernel(Rows<InT, AccT> X, const AccT* __restrict__ c,
-                                                                int64_t k, int64_t* __restrict__ assign) {
+                                                                int64_t k, int64_t ppb,
+                                                                int64_t* __restrict__ assign) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
   const int64_t b = blockIdx.y;
   const int64_t d = X.d;
@@ -60,8 +63,8 @@ __global__ void __launch_bounds__(kAssignThreads) assign_kernel(Rows<InT, AccT> 
     cb = cs;
   }
   const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp, nwarps = blockDim.x / kWarp;
-  const int64_t i0 = static_cast<int64_t>(blockIdx.x) * kPointsPerBlock;
-  const int64_t i1 = i0 + kPointsPerBlock < X.n ? i0 + kPointsPerBlock : X.n;
+  const int64_t i0 = static_cast<int64_t>(blockIdx.x) * ppb;
+  const int64_t i1 = i0 + ppb < X.n ? i0 + ppb : X.n;
   for (int64_t i = i0 + warp; i < i1; i += nwarps) {
     AccT best = AccT(0);
     int64_t best_j = -1;
@@ -160,13 +163,19 @@ cudaError_t run_kmeans(Rows<InT, AccT> X, int64_t B, AccT* c, int64_t k, int64_t
         (void)cudaGetLastError();  // a refused opt-in leaves the global-memory path, not an error
     }
   }
-  const dim3 agrid(static_cast<unsigned>((X.n + kPointsPerBlock - 1) / kPointsPerBlock), static_cast<unsigned>(B));
+  // Points per block: 64, or fewer (down to one per warp) when B * n / 64 blocks would leave
+  // SMs idle -- a batch-1 image of 1025 tokens is 17 blocks at 64 but 129 at 8.
+  int64_t ppb = kPointsPerBlock;
+  const int64_t warps = kAssignThreads / kWarp;
+  while (ppb > warps && B * ((X.n + ppb - 1) / ppb) < kTargetBlocks) ppb /= 2;
+  if (ppb < warps) ppb = warps;
+  const dim3 agrid(static_cast<unsigned>((X.n + ppb - 1) / ppb), static_cast<unsigned>(B));
   const dim3 ugrid(static_cast<unsigned>((X.d + kWarp - 1) / kWarp), static_cast<unsigned>(k), static_cast<unsigned>(B));
   auto assign_step = [&]() -> cudaError_t {
     if (use_smem)
-      assign_kernel<InT, AccT, true><<<agrid, kAssignThreads, smem, stream>>>(X, c, k, assign);
+      assign_kernel<InT, AccT, true><<<agrid, kAssignThreads, smem, stream>>>(X, c, k, ppb, assign);
     else
-      assign_kernel<InT, AccT, false><<<agrid, kAssignThreads, 0, stream>>>(X, c, k, assign);
+      assign_kernel<InT, AccT, false><<<agrid, kAssignThreads, 0, stream>>>(X, c, k, ppb, assign);
     return cudaGetLastError();
   };
   for (int64_t it = 0; it < iters; ++it) {
