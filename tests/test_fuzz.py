@@ -44,7 +44,7 @@ from typing import Optional
 
 import pytest
 import torch
-from hypothesis import event, given
+from hypothesis import assume, event, given
 from hypothesis import strategies as st
 
 import lvtp_kernels  # noqa: F401  (registers torch.ops.lvtp.*)
@@ -229,6 +229,11 @@ def tsallis_inputs(draw):
 @given(inp=tsallis_inputs())
 def test_fuzz_tsallis_entropy(impl, device, inp):
     attn, qs = inp
+    if impl == "triton" and device == "cpu" and attn.dtype == torch.bfloat16:
+        # Triton 3.6's interpreter converts bf16 subnormals to fp32 wrongly (its
+        # _convert_float renormalises the significand but keeps exponent 0); compiled code
+        # converts them exactly, and the GPU variant of this test keeps such inputs
+        assume(not bool(((attn != 0) & (attn.float().abs() < torch.finfo(torch.float32).tiny)).any()))
     want = ref.tsallis_entropy(attn, qs)
     with backend("tsallis_entropy", impl, device):
         got = _cpu(run_twice(OPS.tsallis_entropy, _to(attn, device), qs))
@@ -236,6 +241,14 @@ def test_fuzz_tsallis_entropy(impl, device, inp):
     assert got.shape == (attn.shape[0], attn.shape[2], len(qs))
     if impl == "ref":
         assert torch.equal(got, want)
+    elif any(q != 1.0 and abs(q - 1.0) < ref.NEAR_ONE for q in qs):
+        # near q = 1 the fp32 reference is itself off by ~1e-5 (its rounding divided by the
+        # normaliser |q - 1| ln N): judge both against fp64, the kernel by the flash rule
+        # (found by the long profile: kernel 2.3e-5 from fp32 python_ref on an fp32 row)
+        gold = ref.tsallis_entropy(attn.double(), qs).double()
+        e_kernel = (got.double() - gold).abs().max().item()
+        e_ref32 = (want.double() - gold).abs().max().item()
+        assert e_kernel <= 2 * e_ref32 + TSALLIS_TOL, (e_kernel, e_ref32)
     else:
         assert_close_rel(got, want, TSALLIS_TOL)
     _unit_interval(got, attn.dtype, attn, qs)
@@ -708,11 +721,13 @@ def test_fuzz_reconstruct_stage(impl, device, inp):
     assert got.dtype == full.dtype and got.shape == x_stage.shape[:2] + full.shape[2:] and got.is_contiguous()
     # kept positions carry full exactly
     assert torch.equal(got.gather(1, keep_idx.long()[..., None].expand(-1, -1, full.shape[2])), full)
-    if impl != "ref" and full.dtype == torch.bfloat16 and x_stage.dtype == torch.float64 and mode != "nearest":
+    # the cpp backend is exact: "nearest" bit for bit, the other modes are python_ref's
+    if impl not in ("ref", "cpp") and full.dtype == torch.bfloat16 and x_stage.dtype == torch.float64 \
+            and mode != "nearest":
         # documented in ops/gather_scatter.reconstruct_stage: fp64 -> bf16 goes through fp32
         # in the kernel (double rounding), at most 1 bf16 ulp from PyTorch's direct cast
         event("reconstruct bf16 <- fp64: 1-ulp tolerance")
-        scale = x_stage.abs().amax().double() + full.abs().amax().double()
+        scale = sum(float(t.abs().max()) for t in (x_stage, full) if t.numel())  # K = 0 allowed
         assert float((got.double() - want.double()).abs().max()) <= 2.0**-7 * float(scale)
     else:
         assert torch.equal(got, want)
