@@ -80,37 +80,6 @@ class Timed:
     note: str = ""
 
 
-def time_forward(fn: Callable[[Tensor], Tensor], x: Tensor, graphs: str, warmup: int, repeats: int,
-                 max_s: float) -> Timed:
-    """Time ``fn(x)``. On CUDA with ``graphs`` "auto"/"on" the forward is captured once in a
-    CUDA graph and its replays are timed ("auto" falls back to eager timing, with the
-    reason in ``note``, when the capture fails; "on" raises)."""
-    device = x.device
-    with torch.inference_mode():
-        if device.type == "cuda" and graphs != "off":
-            try:
-                s = torch.cuda.Stream(device)
-                s.wait_stream(torch.cuda.current_stream(device))
-                with torch.cuda.stream(s):
-                    for _ in range(max(warmup, 2)):  # compiles the Triton kernels, fills caches
-                        fn(x)
-                torch.cuda.current_stream(device).wait_stream(s)
-                _sync(device)
-                g = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(g):
-                    fn(x)
-                ms = median_ms(g.replay, device, warmup=2, repeats=repeats, max_s=max_s)
-                del g
-                return Timed(ms, True)
-            except Exception as exc:  # noqa: BLE001 - reported, then timed eagerly
-                if graphs == "on":
-                    raise
-                note = f"graph capture failed ({type(exc).__name__}: {str(exc).splitlines()[0][:120]}); eager"
-                _sync(device)
-                return Timed(median_ms(lambda: fn(x), device, warmup, repeats, max_s), False, note)
-        return Timed(median_ms(lambda: fn(x), device, warmup, repeats, max_s), False)
-
-
 def _prepare(fn: Callable[[Tensor], Tensor], x: Tensor, graphs: str, warmup: int):
     """(callable to time, graph?, note): a CUDA graph replay of ``fn(x)`` where the capture
     works (``graphs`` auto/on), else ``fn`` itself after ``warmup`` calls."""
@@ -325,7 +294,7 @@ def run_e2e(arch: str = "vit_b", size: Optional[Tuple[int, int]] = None, batch: 
 
     base_gflops = method_gflops(model, parse_method("lvtp"), [], size)
     with torch.inference_mode():
-        t = time_forward(model, x, graphs, warmup, repeats, max_s)
+        t = measure_interleaved({"base": model}, x, graphs, warmup, repeats, max_s)["base"]
     rec["baseline"] = {"ms": t.ms, "images_per_s": batch / (t.ms * 1e-3), "gflops": base_gflops,
                        "graph": t.graph, "peak_mem_mb": peak_memory_mb(model, x), "note": t.note}
     if ceilings:
