@@ -77,6 +77,7 @@ def test_static_forward_matches_the_model_without_pruning():
     (["--size", "64"], "--size must be HxW"),
     (["--reductions", "0.3,1.5"], "--reductions must be in (0, 1)"),
     (["--batch", "0"], "--batch must be >= 1"),
+    (["--classes", "0"], "--classes must be >= 1"),
     (["--device", "cuda"], "no CUDA device"),
 ])
 def test_e2e_bad_input(args, msg, capsys):

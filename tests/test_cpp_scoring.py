@@ -190,3 +190,13 @@ def test_gather_tokens_exact(dtype, n, k, c, gen):
 def test_gather_tokens_rejects_out_of_range():
     with pytest.raises(RuntimeError, match="out of range"):
         torch.ops.lvtp_cpp.gather_tokens(torch.randn(1, 4, 2), torch.tensor([[0, 4]]))
+
+
+def test_reconstruct_nearest_rejects_bad_shapes(gen):
+    full, x, keep, prune, cid = _stage(1, 12, 5, 4, torch.float32, gen)
+    with pytest.raises(RuntimeError, match="shapes disagree"):
+        torch.ops.lvtp_cpp.reconstruct_nearest(full, x, keep, prune[:, :-1], cid)
+    with pytest.raises(RuntimeError, match="full \\(B, K, C\\)"):
+        torch.ops.lvtp_cpp.reconstruct_nearest(full[0], x, keep, prune, cid)
+    with pytest.raises(RuntimeError, match="needs a kept token"):
+        torch.ops.lvtp_cpp.reconstruct_nearest(full[:, :0], x, keep[:, :0], torch.arange(12)[None], cid)
