@@ -14,5 +14,5 @@ args=(--data "$DATA" --split val --no-progress)
 "$PY" -m lvtp_kernels eval "${args[@]}" --reductions 0.2,0.3,0.45 \
   --methods lvtp,lvtp-spec,evit,tome,tome-every-layer,random --json "$OUT/val_methods.json"
 "$PY" -m lvtp_kernels eval "${args[@]}" --reductions 0.3,0.45 \
-  --methods lvtp-spec,lvtp-ranked,lvtp-residual,lvtp-frozen,lvtp-low,lvtp-high,lvtp-no-edge,lvtp-edge-only,lvtp-entropy-only,lvtp-shannon,lvtp-equal-weights,lvtp-no-cluster \
+  --methods lvtp-spec,lvtp-ranked,lvtp-residual,lvtp-frozen,lvtp-low,lvtp-high,lvtp-no-edge,lvtp-edge-only,lvtp-entropy-only,lvtp-shannon,lvtp-equal-weights,lvtp-no-cluster,lvtp-iters10,lvtp-iters1 \
   --json "$OUT/val_ablations.json"

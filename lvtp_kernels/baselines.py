@@ -76,6 +76,8 @@ METHODS: Dict[str, Method] = {
         Method("lvtp-high", "lvtp", {"entropy_mode": "high"}, "ablation: entropy_mode high"),
         Method("lvtp-edge-only", "lvtp", {"alpha": 0.0}, "ablation: edge term only (alpha=0)"),
         Method("lvtp-entropy-only", "lvtp", {"alpha": 1.0}, "ablation: entropy term only (alpha=1)"),
+        Method("lvtp-iters10", "lvtp", {"iters": 10}, "ablation: the spec's 10 k-means iterations"),
+        Method("lvtp-iters1", "lvtp", {"iters": 1}, "ablation: one k-means iteration"),
     ]
 }
 

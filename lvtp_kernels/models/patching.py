@@ -40,7 +40,7 @@ SPEC_DEFAULTS: Dict[str, object] = dict(
 # The package's defaults: the spec's, except where the CamVid val ablation
 # (docs/results.md) measured a better choice; every spec choice stays selectable.
 DEFAULTS: Dict[str, object] = dict(
-    SPEC_DEFAULTS, alpha=0.3, entropy_mode="high", allocation="proportional", reconstruct="nearest"
+    SPEC_DEFAULTS, alpha=0.3, entropy_mode="high", allocation="proportional", reconstruct="nearest", iters=3
 )
 
 
