@@ -5,7 +5,8 @@
 #   3. the end-to-end matrix of issue [E] (benchmarks/e2e_suite.py: ViT-B/16 512x512 and ViT-L/16
 #      1024x1024, batch 8 and 1, fp16 and bf16, LVTP and ToMe) with measured copy bandwidth and
 #      matmul rate, plus a torch.profiler table of one pruned forward,
-#   4. `lvtp bench ops` (every per-op microbenchmark, one table),
+#   4. the head's upsample in both layouts (benchmarks/bench_head.py: the fixed cost that caps
+#      the ViT-B speedups), then `lvtp bench ops` (every per-op microbenchmark, one table),
 #   5. compute-sanitizer memcheck and racecheck on the CUDA clustering op tests.
 # Steps are ordered by value; a step that would not fit in the remaining budget is skipped
 # and says so. Results land under $OUT: summary.md, e2e.json, e2e.md, ops.md, profile.txt,
@@ -26,7 +27,7 @@ PY=${PY:-python3}
 [ -x .venv/bin/python ] && [ $DRY = 1 ] && PY=.venv/bin/python
 BUDGET=${GPU_CHECK_BUDGET:-470}
 [ $DRY = 1 ] && BUDGET=${GPU_CHECK_BUDGET:-3600}  # the CPU has no device clock to save
-STEPS=${GPU_CHECK_STEPS:-"build segv e2e pytest ops memcheck racecheck"}
+STEPS=${GPU_CHECK_STEPS:-"build segv e2e head pytest ops memcheck racecheck"}
 SUMMARY="$OUT/summary.md"
 T0=$SECONDS
 status=0
@@ -81,6 +82,7 @@ if [ $DRY = 0 ]; then
   # the same ViT-B row with a 19-class head: how much of the gap is the 150-class upsample
   want e2e && step e2e-19cls 60 30 "$PY" -m benchmarks.e2e_suite --out "$LOGS/e2e_19cls" --preset gpu --only 0 \
     --classes 19
+  want head && step head 40 15 "$PY" -m benchmarks.bench_head
   # -v: every test's name and outcome is in the log even if the step times out
   want pytest && step pytest-gpu 170 40 "$PY" -m pytest $GPU_TESTS -v -p no:cacheprovider $XDIST \
     --durations=15 -rfEs --tb=short -o faulthandler_timeout=100
@@ -97,6 +99,7 @@ else
   step info 60 1 "$PY" -m lvtp_kernels info
   step pytest 600 1 "$PY" -m pytest $GPU_TESTS $CUDA_CASES tests/test_cli.py -q -p no:cacheprovider -x
   step e2e 600 1 "$PY" -m benchmarks.e2e_suite --out "$OUT" --preset quick --device cpu --repeats 3
+  step head 120 1 "$PY" -m benchmarks.bench_head --quick
   step ops 900 1 env TRITON_INTERPRET=1 "$PY" -m lvtp_kernels bench ops --quick --md "$OUT/ops.md"
 fi
 echo "total: $((SECONDS - T0)) s" >>"$SUMMARY"

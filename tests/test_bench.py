@@ -107,3 +107,24 @@ def test_ops_table_normalises_every_benchmark_row():
     assert "| tsallis_entropy | B=8 H=12 N=1025 | float16 | 2.000 | 0.500 | 4.00x | 1000 | 25 |" == t[2]
     assert t[3].startswith("| kmeans | B=8 n=1024 d=192 k=8 | float32 | 10.000 | 1.000 | 10.00x |")
     assert "allocation=ranked" in t[4] and "| - |" in t[4]
+
+
+def test_bench_head_times_the_model_layout(tmp_path, capsys):
+    """benchmarks/bench_head.py: the 'reference' column is the decoder's own channels-last
+    logits (what the model runs), 'ours' the NCHW copy; both give the same map."""
+    from benchmarks import bench_head, common
+    from lvtp_kernels.models.vit import LinearDecoder
+
+    logits = bench_head._nhwc_logits(2, 5, 3, 4, torch.float32, torch.device("cpu"))
+    dec = LinearDecoder(8, 5)
+    patches = torch.randn(2, 12, 8)
+    built = dec.head(patches).transpose(1, 2).reshape(2, -1, 3, 4)
+    assert built.stride() == logits.stride()  # the benchmark builds the decoder's layout
+    assert logits.is_contiguous(memory_format=torch.channels_last)
+    n = len(common.COLLECTED)
+    assert bench_head.main(["--quick", "--repeats", "2", "--csv", str(tmp_path / "b.csv")]) == 0
+    bench, rows = common.COLLECTED[n]
+    assert bench == "bench_head" and len(rows) == 1
+    r = rows[0]
+    assert r["ref_ms"] > 0 and r["ours_ms"] > 0 and r["speedup"] == pytest.approx(r["ref_ms"] / r["ours_ms"])
+    assert "240x320" in r["shape"] and "bench_head" in (tmp_path / "b.csv").read_text()

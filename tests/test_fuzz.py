@@ -277,15 +277,18 @@ def _check_attention_fp32(q, k, v, qs, scale, out, ent):
     less accurate than it against the fp64 reference."""
     r_out, r_ent = python_ref.attention_entropy(q, k, v, qs, scale)
     torch.testing.assert_close(out, r_out, rtol=ATTN_OUT_RTOL, atol=ATTN_OUT_ATOL)
-    if all(q == 1.0 or abs(q - 1.0) >= ref.NEAR_ONE for q in qs):
-        # near q = 1 the fp32 reference itself is off by ~2e-5 (its softmax rows); there, as
-        # in test_triton_attention's near-1 tests, only the fp64 reference below judges
-        torch.testing.assert_close(ent, r_ent, rtol=0, atol=ATTN_ENT_ATOL)
     o64, e64 = python_ref.attention_entropy(q.double(), k.double(), v.double(), qs, scale)
     err_kernel = (out.double() - o64).abs().max().item()
     err_ref32 = (r_out.double() - o64).abs().max().item()
     assert err_kernel <= 1.5 * err_ref32 + 1e-6, (err_kernel, err_ref32)
-    torch.testing.assert_close(ent.double(), e64.double(), rtol=0, atol=ATTN_ENT_ATOL)
+    # Entropies: within ATTN_ENT_ATOL of fp64, or (where fp32 itself cannot get there) at most
+    # twice the error of the fp32 reference -- the flash rule. fp32 falls short near q = 1
+    # (its softmax rows, ~2e-5) and for small orders on peaked rows: a p that underflows to 0
+    # in fp32 but is 1e-46 in fp64 still has p^0.0625 = 1.4e-3 (long-profile finding:
+    # q = 0.0625, N = 38, scale 2: fp32 reference and kernel both 9.9e-5 off).
+    err_ent = (ent.double() - e64.double()).abs().max().item()
+    err_ent_ref32 = (r_ent.double() - e64.double()).abs().max().item()
+    assert err_ent <= max(ATTN_ENT_ATOL, 2.0 * err_ent_ref32), (err_ent, err_ent_ref32)
 
 
 def _check_attention_lowp(q, k, v, qs, scale, out, ent):
