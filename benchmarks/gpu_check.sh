@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # One prepared run for a lent GPU (device tool), within a time budget (default 420 s):
-#   1. builds the CUDA extension (lvtp_kernels._C_cuda) beside the CPU one,
+#   1. builds the CUDA extension (lvtp_kernels._C_cuda) beside the CPU one, and measures the
+#      entropy-fused attention's tiles on this card (benchmarks/tune_attention.py, written to
+#      lvtp_kernels/assets/attention_tuned.json: commit it from logs.tar.gz),
 #   2. runs the GPU tests (Triton kernels compiled, CUDA clustering, patched models, timm adapters),
 #   3. the end-to-end matrix of issue [E] (benchmarks/e2e_suite.py: ViT-B/16 512x512 and ViT-L/16
 #      1024x1024, batch 8 and 1, fp16 and bf16, LVTP and ToMe) with measured copy bandwidth and
@@ -27,7 +29,7 @@ PY=${PY:-python3}
 [ -x .venv/bin/python ] && [ $DRY = 1 ] && PY=.venv/bin/python
 BUDGET=${GPU_CHECK_BUDGET:-470}
 [ $DRY = 1 ] && BUDGET=${GPU_CHECK_BUDGET:-3600}  # the CPU has no device clock to save
-STEPS=${GPU_CHECK_STEPS:-"build segv e2e head pytest ops memcheck racecheck"}
+STEPS=${GPU_CHECK_STEPS:-"build segv tune e2e head pytest ops memcheck racecheck"}
 SUMMARY="$OUT/summary.md"
 T0=$SECONDS
 status=0
@@ -78,6 +80,10 @@ if [ $DRY = 0 ]; then
   # a throw from the compiled CPU op (seen to crash under torch 2.11): backtrace if it does
   want segv && step segv 60 20 cuda-gdb -batch -ex run -ex bt --args "$PY" -X faulthandler -c \
     "import torch, lvtp_kernels; torch.ops.lvtp_cpp.kmeans(torch.randn(1, 3, 2), torch.randn(1, 4, 2), 1)"
+  # tiles of the entropy-fused attention measured on this card, written to the package's table
+  # (lvtp_kernels/assets/attention_tuned.json) before the e2e step uses them; a copy in the logs
+  want tune && step tune 150 40 "$PY" -m benchmarks.tune_attention --json "$LOGS/tune.json" \
+    --write lvtp_kernels/assets/attention_tuned.json && cp lvtp_kernels/assets/attention_tuned.json "$LOGS/"
   want e2e && step e2e 240 60 "$PY" -m benchmarks.e2e_suite --out "$OUT" --preset gpu --profile $E2E_ARGS
   # the same ViT-B row with a 19-class head: how much of the gap is the 150-class upsample
   want e2e && step e2e-19cls 60 30 "$PY" -m benchmarks.e2e_suite --out "$LOGS/e2e_19cls" --preset gpu --only 0 \
@@ -100,6 +106,7 @@ else
   step pytest 600 1 "$PY" -m pytest $GPU_TESTS $CUDA_CASES tests/test_cli.py -q -p no:cacheprovider -x
   step e2e 600 1 "$PY" -m benchmarks.e2e_suite --out "$OUT" --preset quick --device cpu --repeats 3
   step head 120 1 "$PY" -m benchmarks.bench_head --quick
+  step tune 300 1 env TRITON_INTERPRET=1 "$PY" -m benchmarks.tune_attention --quick --json "$LOGS/tune.json"
   step ops 900 1 env TRITON_INTERPRET=1 "$PY" -m lvtp_kernels bench ops --quick --md "$OUT/ops.md"
 fi
 echo "total: $((SECONDS - T0)) s" >>"$SUMMARY"

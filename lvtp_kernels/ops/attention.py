@@ -47,8 +47,11 @@ float64 with fp32 accuracy). Every statistic accumulates in fp32.
 from __future__ import annotations
 
 import contextlib
+import functools
+import json
 import math
-from typing import List, Sequence, Tuple
+import os
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 import triton
@@ -57,7 +60,7 @@ from torch import Tensor
 
 from ._common import block_cap, interpreting, register
 
-__all__ = ["attention_entropy", "NEAR_ONE"]
+__all__ = ["attention_entropy", "NEAR_ONE", "tuned_config"]
 
 LOG2E = 1.4426950408889634
 LN2 = 0.6931471805599453
@@ -383,9 +386,45 @@ def _next_pow2(x: int) -> int:
     return 1 << max(0, (int(x) - 1).bit_length())
 
 
+# Tiles measured on a card by benchmarks/tune_attention.py (gpu_check.sh runs it): entries
+# {"device", "dtype", "block_d", "block_dv", "np2", "config": [BLOCK_M, BLOCK_N, warps,
+# stages], ...}; np2 is the next power of two of N. A 16-bit entry serves fp16 and bf16.
+TUNED_PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "assets",
+                          "attention_tuned.json")
+
+
+@functools.lru_cache(maxsize=None)
+def _tuned_entries(path: str = TUNED_PATH) -> Tuple[dict, ...]:
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except (OSError, ValueError):
+        return ()
+    return tuple(e for e in data.get("entries", []) if isinstance(e, dict) and len(e.get("config", ())) == 4)
+
+
+@functools.lru_cache(maxsize=None)
+def _device_name(index: Optional[int]) -> str:
+    return torch.cuda.get_device_name(index)
+
+
+def tuned_config(device_name: str, dtype: torch.dtype, n: int, block_d: int, block_dv: int,
+                 path: str = TUNED_PATH) -> Optional[Tuple[int, int, int, int]]:
+    """The measured tile config for this card, dtype class and shape bucket, or None."""
+    key = "16bit" if dtype in (torch.float16, torch.bfloat16) else str(dtype).replace("torch.", "")
+    np2 = max(_DOT_MIN, _next_pow2(n))
+    for e in _tuned_entries(path):
+        if (e.get("device") == device_name and e.get("dtype") == key and e.get("block_d") == block_d
+                and e.get("block_dv") == block_dv and e.get("np2") == np2):
+            bm, bn, warps, stages = (int(v) for v in e["config"])
+            return min(bm, np2), min(bn, np2), warps, stages
+    return None
+
+
 def _launch_config(n: int, block_d: int, block_dv: int, ieee: bool) -> Tuple[int, int, int, int]:
     """(BLOCK_M, BLOCK_N, num_warps, num_stages) from the shape: FlashAttention-2 tiles on a
-    GPU, big tiles under the interpreter (each program costs ~4 ms there).
+    GPU, big tiles under the interpreter (each program costs ~4 ms there). A config
+    measured on the same card (``tuned_config``) takes precedence on a GPU.
 
     GPU tiles were sized offline with ptxas for sm_90 (qs = 0.5, 1, 2, 3, 0.9): no spills
     for fp16/bf16 up to D = 256 (~250 registers/thread at 8 warps, one CTA per SM); the fp32
@@ -406,12 +445,15 @@ def _launch_config(n: int, block_d: int, block_dv: int, ieee: bool) -> Tuple[int
     return min(bm, np2), min(bn, np2), warps, stages
 
 
-def attention_entropy(q: Tensor, k: Tensor, v: Tensor, qs: Sequence[float], scale: float) -> Tuple[Tensor, Tensor]:
+def attention_entropy(q: Tensor, k: Tensor, v: Tensor, qs: Sequence[float], scale: float,
+                      config: Optional[Tuple[int, int, int, int]] = None) -> Tuple[Tensor, Tensor]:
     """Softmax attention and its per-token head-mean normalised Tsallis entropies, fused.
 
     Args:
         q, k: (B, H, N, D) queries and keys, any strides. v: (B, H, N, Dv), Dv may differ.
         qs: positive entropy orders (1.0 = Shannon). scale: softmax scale (> 0).
+        config: (BLOCK_M, BLOCK_N, num_warps, num_stages) to force (the tuner's knob; the
+            op never passes it): powers of two, block sizes >= 16.
 
     Returns:
         out (B, H, N, Dv) contiguous, in q's dtype: ``softmax(q k^T * scale) v``;
@@ -453,7 +495,17 @@ def attention_entropy(q: Tensor, k: Tensor, v: Tensor, qs: Sequence[float], scal
     # no bf16), so there bf16 is upcast right after each load and P is rounded to bf16.
     upcast = q.dtype == torch.float64 or (interpreting() and q.dtype == torch.bfloat16)
     ieee = not low or upcast
-    bm, bn, warps, stages = _launch_config(N, block_d, block_dv, ieee)
+    if config is not None:
+        bm, bn, warps, stages = (int(c) for c in config)
+        if not all(x >= _DOT_MIN and x & (x - 1) == 0 for x in (bm, bn)) or warps not in (1, 2, 4, 8, 16) \
+                or stages < 1:
+            raise ValueError(f"lvtp.attention_entropy (triton): bad config {tuple(config)}")
+    else:
+        bm, bn, warps, stages = _launch_config(N, block_d, block_dv, ieee)
+        if q.device.type == "cuda" and not interpreting():
+            tuned = tuned_config(_device_name(q.device.index), q.dtype, N, block_d, block_dv)
+            if tuned is not None:
+                bm, bn, warps, stages = tuned
     num_m = triton.cdiv(N, bm)
     grid = (num_m * B * H,)
     with torch.cuda.device(q.device) if q.device.type == "cuda" else contextlib.nullcontext():
