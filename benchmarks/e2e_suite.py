@@ -75,6 +75,7 @@ def main(argv=None) -> int:
     ap.add_argument("--max-seconds", type=float, default=2.0)
     ap.add_argument("--only", default=None, help="comma-separated row numbers of the preset")
     ap.add_argument("--classes", type=int, default=150, help="decoder classes of the random-weight models")
+    ap.add_argument("--methods", default=None, help="comma-separated methods for every row (default: the preset's)")
     args = ap.parse_args(argv)
     preset = args.preset or ("gpu" if args.device == "cuda" else "cpu")
     configs = {"gpu": GPU, "cpu": CPU, "quick": QUICK[args.device]}[preset]
@@ -85,6 +86,7 @@ def main(argv=None) -> int:
     ceilings = {}
     t0 = time.time()
     for arch, size, batch, dtype, methods in configs:
+        methods = args.methods or methods
         t1 = time.time()
         try:
             rec = bench.run_e2e(arch, size, batch, dtype, args.device, (0.2, 0.3, 0.45), methods.split(","),

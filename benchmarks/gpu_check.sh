@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One prepared run for a lent GPU (device tool), within a time budget (default 420 s):
+# One prepared run for a lent GPU (device tool), within a time budget (default 470 s):
 #   1. builds the CUDA extension (lvtp_kernels._C_cuda) beside the CPU one, and measures the
 #      entropy-fused attention's tiles on this card (benchmarks/tune_attention.py, written to
 #      lvtp_kernels/assets/attention_tuned.json: commit it from logs.tar.gz),
@@ -52,6 +52,7 @@ step() {  # step NAME MAX_S MIN_S COMMAND...: run if MIN_S still fit the budget;
   tail -n 25 "$LOGS/$name.log"
   echo "| $name | $rc$([ $rc = 124 ] && echo ' (timed out)') | $((SECONDS - t0)) s |" >>"$SUMMARY"
   [ $rc = 0 ] || status=1
+  return $rc
 }
 
 {
@@ -82,12 +83,13 @@ if [ $DRY = 0 ]; then
     "import torch, lvtp_kernels; torch.ops.lvtp_cpp.kmeans(torch.randn(1, 3, 2), torch.randn(1, 4, 2), 1)"
   # tiles of the entropy-fused attention measured on this card, written to the package's table
   # (lvtp_kernels/assets/attention_tuned.json) before the e2e step uses them; a copy in the logs
-  want tune && step tune 150 40 "$PY" -m benchmarks.tune_attention --json "$LOGS/tune.json" \
-    --write lvtp_kernels/assets/attention_tuned.json && cp lvtp_kernels/assets/attention_tuned.json "$LOGS/"
+  want tune && step tune 120 60 "$PY" -m benchmarks.tune_attention --json "$LOGS/tune.json" \
+    --write lvtp_kernels/assets/attention_tuned.json
+  want tune && cp lvtp_kernels/assets/attention_tuned.json "$LOGS/"  # what the e2e step below used
   want e2e && step e2e 240 60 "$PY" -m benchmarks.e2e_suite --out "$OUT" --preset gpu --profile $E2E_ARGS
   # the same ViT-B row with a 19-class head: how much of the gap is the 150-class upsample
   want e2e && step e2e-19cls 60 30 "$PY" -m benchmarks.e2e_suite --out "$LOGS/e2e_19cls" --preset gpu --only 0 \
-    --classes 19
+    --classes 19 --methods lvtp,tome
   want head && step head 40 15 "$PY" -m benchmarks.bench_head
   # -v: every test's name and outcome is in the log even if the step times out
   want pytest && step pytest-gpu 170 40 "$PY" -m pytest $GPU_TESTS -v -p no:cacheprovider $XDIST \

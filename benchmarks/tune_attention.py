@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import tempfile
 import time
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -36,8 +38,8 @@ QS = (0.5, 1.0, 2.0, 3.0)
 GPU_SHAPES = [(8, 12, 1025, 64), (8, 12, 721, 64), (8, 12, 505, 64), (8, 16, 4097, 64), (8, 16, 2881, 64),
               (1, 12, 1025, 64), (1, 16, 4097, 64)]
 # (BLOCK_M, BLOCK_N, warps, stages); the default heuristic's choice is always added.
-GPU_CONFIGS = [(64, 32, 4, 2), (64, 64, 4, 3), (64, 64, 8, 3), (64, 128, 8, 2), (128, 32, 8, 2),
-               (128, 64, 8, 2), (128, 64, 8, 4), (128, 64, 4, 3), (128, 128, 8, 2), (64, 32, 8, 3)]
+GPU_CONFIGS = [(64, 32, 4, 2), (64, 64, 4, 3), (64, 64, 8, 3), (128, 32, 8, 2), (128, 64, 8, 2),
+               (128, 64, 8, 4), (128, 64, 4, 3), (128, 128, 8, 2)]
 CPU_SHAPES = [(1, 2, 50, 16)]
 CPU_CONFIGS = [(16, 16, 4, 1), (32, 16, 4, 1)]
 
@@ -96,6 +98,12 @@ def dtype_key(dtype) -> str:
     return "16bit" if dtype in (torch.float16, torch.bfloat16) else str(dtype).replace("torch.", "")
 
 
+def bucket(shape) -> Tuple[int, int]:
+    """(head dim block, next power of two of N): the table's shape key."""
+    _, _, n, d = shape
+    return max(attn._DOT_MIN, attn._next_pow2(d)), max(attn._DOT_MIN, attn._next_pow2(n))
+
+
 def best_entries(recs: Sequence[dict], device_name: str, key_dtype: str = "16bit") -> List[dict]:
     """The fastest valid config per (head dim, N bucket), over every shape in the bucket
     (summed time of the bucket's shapes, so one config serves all of them)."""
@@ -104,9 +112,7 @@ def best_entries(recs: Sequence[dict], device_name: str, key_dtype: str = "16bit
     for r in recs:
         if "ms" not in r:
             continue
-        _, _, n, d = r["shape"]
-        bd = max(attn._DOT_MIN, attn._next_pow2(d))
-        key = (bd, max(attn._DOT_MIN, attn._next_pow2(n)))
+        key = bucket(r["shape"])
         by_bucket.setdefault(key, {}).setdefault(tuple(r["config"]), []).append(r["ms"])
         shapes_in.setdefault(key, set()).add(tuple(r["shape"]))
     out = []
@@ -116,8 +122,7 @@ def best_entries(recs: Sequence[dict], device_name: str, key_dtype: str = "16bit
         if not full:
             continue
         cfg = min(full, key=full.get)
-        default = [r for r in recs if r.get("default") and "ms" in r
-                   and max(attn._DOT_MIN, attn._next_pow2(r["shape"][2])) == np2]
+        default = [r for r in recs if r.get("default") and "ms" in r and bucket(r["shape"]) == (bd, np2)]
         out.append({"device": device_name, "dtype": key_dtype, "block_d": bd, "block_dv": bd, "np2": np2,
                     "config": list(cfg), "ms": round(full[cfg], 5),
                     "default_ms": round(sum(r["ms"] for r in default), 5) if default else None,
@@ -136,9 +141,12 @@ def write_table(path: str, entries: Sequence[dict]) -> None:
     kept = [e for e in table.get("entries", [])
             if (e.get("device"), e.get("dtype"), e.get("block_d"), e.get("block_dv"), e.get("np2")) not in keys]
     table["entries"] = kept + list(entries)
-    with open(path, "w") as f:
+    # atomic: a run killed mid-write (gpu_check's time limit) leaves the old table whole
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
         json.dump(table, f, indent=1)
         f.write("\n")
+    os.replace(tmp, path)
     attn._tuned_entries.cache_clear()
 
 
@@ -163,14 +171,23 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     t0 = time.time()
     dtype = torch.float16 if cuda else torch.float32
     print(f"tune_attention on {name}: {len(shapes)} shapes x {len(configs) + 1} configs, {dtype_key(dtype)}")
-    recs = sweep(shapes, configs, dtype, device, args.repeats)
-    entries = best_entries(recs, name, dtype_key(dtype))
-    if cuda:  # the winner in bf16 too, at each bucket's first shape
-        for e in entries:
-            shape = next(tuple(r["shape"]) for r in recs
-                         if max(attn._DOT_MIN, attn._next_pow2(r["shape"][2])) == e["np2"])
-            bf = sweep([shape], [tuple(e["config"])], torch.bfloat16, device, args.repeats, log=lambda *_: None)
-            e["bf16_ms"] = next((r["ms"] for r in bf if r["config"] == e["config"] and "ms" in r), None)
+    # bucket by bucket, writing the table after each one: a time limit keeps what finished
+    recs: List[dict] = []
+    entries: List[dict] = []
+    for key in dict.fromkeys(bucket(sh) for sh in shapes):
+        got = sweep([sh for sh in shapes if bucket(sh) == key], configs, dtype, device, args.repeats)
+        recs += got
+        for e in best_entries(got, name, dtype_key(dtype)):
+            if cuda:  # the entry serves bf16 too: its config must run and agree there as well
+                sh = next(tuple(r["shape"]) for r in got)
+                bf = sweep([sh], [tuple(e["config"])], torch.bfloat16, device, args.repeats, log=lambda *_: None)
+                e["bf16_ms"] = next((r["ms"] for r in bf if r["config"] == e["config"] and "ms" in r), None)
+                if e["bf16_ms"] is None:
+                    print(f"  bucket {key}: {tuple(e['config'])} fails in bf16; no entry")
+                    continue
+            entries.append(e)
+            if args.write:
+                write_table(args.write, [e])
     print("\n| N bucket | head dim | best config (BM, BN, warps, stages) | ms (bucket's shapes) | default ms |")
     print("| --- | --- | --- | --- | --- |")
     for e in entries:
@@ -179,7 +196,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         with open(args.json, "w") as f:
             json.dump({"device": name, "records": recs, "entries": entries}, f, indent=1)
     if args.write and entries:
-        write_table(args.write, entries)
         print(f"wrote {len(entries)} entries to {args.write}")
     print(f"tune_attention: {time.time() - t0:.0f} s")
     return 0 if entries else 1

@@ -109,17 +109,26 @@ def test_ops_table_normalises_every_benchmark_row():
     assert "allocation=ranked" in t[4] and "| - |" in t[4]
 
 
-def test_bench_head_times_the_model_layout(tmp_path, capsys):
+def test_bench_head_times_the_model_layout(tmp_path, monkeypatch):
     """benchmarks/bench_head.py: the 'reference' column is the decoder's own channels-last
     logits (what the model runs), 'ours' the NCHW copy; both give the same map."""
     from benchmarks import bench_head, common
     from lvtp_kernels.models.vit import LinearDecoder
 
+    import torch.nn.functional as F
+
     logits = bench_head._nhwc_logits(2, 5, 3, 4, torch.float32, torch.device("cpu"))
-    dec = LinearDecoder(8, 5)
-    patches = torch.randn(2, 12, 8)
-    built = dec.head(patches).transpose(1, 2).reshape(2, -1, 3, 4)
-    assert built.stride() == logits.stride()  # the benchmark builds the decoder's layout
+    seen = []
+    real = F.interpolate
+
+    def spy(x, *a, **kw):
+        seen.append(x.stride())
+        return real(x, *a, **kw)
+
+    monkeypatch.setattr(F, "interpolate", spy)  # the decoder calls it through the module attribute
+    LinearDecoder(8, 5)(torch.randn(2, 12, 8), (3, 4), (48, 64))
+    monkeypatch.undo()
+    assert seen == [logits.stride()]  # the benchmark builds the decoder's own layout
     assert logits.is_contiguous(memory_format=torch.channels_last)
     n = len(common.COLLECTED)
     assert bench_head.main(["--quick", "--repeats", "2", "--csv", str(tmp_path / "b.csv")]) == 0

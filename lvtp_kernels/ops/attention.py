@@ -60,7 +60,7 @@ from torch import Tensor
 
 from ._common import block_cap, interpreting, register
 
-__all__ = ["attention_entropy", "NEAR_ONE", "tuned_config"]
+__all__ = ["attention_entropy", "NEAR_ONE", "tuned_config", "check_config"]
 
 LOG2E = 1.4426950408889634
 LN2 = 0.6931471805599453
@@ -388,19 +388,51 @@ def _next_pow2(x: int) -> int:
 
 # Tiles measured on a card by benchmarks/tune_attention.py (gpu_check.sh runs it): entries
 # {"device", "dtype", "block_d", "block_dv", "np2", "config": [BLOCK_M, BLOCK_N, warps,
-# stages], ...}; np2 is the next power of two of N. A 16-bit entry serves fp16 and bf16.
+# stages], ...}; np2 is the next power of two of N. A "16bit" entry serves fp16 and bf16.
+# A missing, unreadable or malformed table (or entry) is ignored: the heuristic below runs.
 TUNED_PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "assets",
                           "attention_tuned.json")
+MAX_BLOCK = 512  # the interpreter's heuristic uses up to 512; GPU heuristics stay <= 128
+
+
+def check_config(config) -> Tuple[int, int, int, int]:
+    """A tile config as ints, or ValueError: (BLOCK_M, BLOCK_N) powers of two in
+    [16, MAX_BLOCK], warps in {1, 2, 4, 8, 16}, stages in [1, 8]."""
+    try:
+        vals = tuple(config)
+    except TypeError:
+        vals = ()
+    if len(vals) != 4 or not all(isinstance(v, int) and not isinstance(v, bool) for v in vals):
+        raise ValueError(f"lvtp.attention_entropy (triton): bad config {config!r}: want 4 ints "
+                         "(BLOCK_M, BLOCK_N, num_warps, num_stages)")
+    bm, bn, warps, stages = vals
+    if not (all(_DOT_MIN <= x <= MAX_BLOCK and x & (x - 1) == 0 for x in (bm, bn))
+            and warps in (1, 2, 4, 8, 16) and 1 <= stages <= 8):
+        raise ValueError(f"lvtp.attention_entropy (triton): bad config {vals}: BLOCK_M and BLOCK_N powers of "
+                         f"two in [{_DOT_MIN}, {MAX_BLOCK}], num_warps in 1..16 (a power of two), num_stages in 1..8")
+    return vals
+
+
+def _valid_entry(e) -> bool:
+    if not isinstance(e, dict):
+        return False
+    try:
+        check_config(e.get("config"))
+    except ValueError:
+        return False
+    return (isinstance(e.get("device"), str) and isinstance(e.get("dtype"), str)
+            and all(isinstance(e.get(k), int) for k in ("block_d", "block_dv", "np2")))
 
 
 @functools.lru_cache(maxsize=None)
-def _tuned_entries(path: str = TUNED_PATH) -> Tuple[dict, ...]:
+def _tuned_entries(path: str) -> Tuple[dict, ...]:
     try:
         with open(path) as f:
             data = json.load(f)
+        entries = data.get("entries") if isinstance(data, dict) else None
+        return tuple(e for e in entries if _valid_entry(e)) if isinstance(entries, list) else ()
     except (OSError, ValueError):
         return ()
-    return tuple(e for e in data.get("entries", []) if isinstance(e, dict) and len(e.get("config", ())) == 4)
 
 
 @functools.lru_cache(maxsize=None)
@@ -409,16 +441,30 @@ def _device_name(index: Optional[int]) -> str:
 
 
 def tuned_config(device_name: str, dtype: torch.dtype, n: int, block_d: int, block_dv: int,
-                 path: str = TUNED_PATH) -> Optional[Tuple[int, int, int, int]]:
-    """The measured tile config for this card, dtype class and shape bucket, or None."""
+                 path: Optional[str] = None) -> Optional[Tuple[int, int, int, int]]:
+    """The measured tile config for this card, dtype class and shape bucket, or None.
+    ``path`` defaults to ``TUNED_PATH`` (read when called)."""
     key = "16bit" if dtype in (torch.float16, torch.bfloat16) else str(dtype).replace("torch.", "")
     np2 = max(_DOT_MIN, _next_pow2(n))
-    for e in _tuned_entries(path):
-        if (e.get("device") == device_name and e.get("dtype") == key and e.get("block_d") == block_d
-                and e.get("block_dv") == block_dv and e.get("np2") == np2):
-            bm, bn, warps, stages = (int(v) for v in e["config"])
+    for e in _tuned_entries(path or TUNED_PATH):
+        if (e["device"] == device_name and e["dtype"] == key and e["block_d"] == block_d
+                and e["block_dv"] == block_dv and e["np2"] == np2):
+            bm, bn, warps, stages = check_config(e["config"])
             return min(bm, np2), min(bn, np2), warps, stages
     return None
+
+
+def resolve_config(device: torch.device, dtype: torch.dtype, n: int, block_d: int, block_dv: int, ieee: bool,
+                   config=None) -> Tuple[int, int, int, int]:
+    """The launch config: a forced one (checked), else this card's measured entry (compiled
+    GPU code only), else the shape heuristic."""
+    if config is not None:
+        return check_config(config)
+    if device.type == "cuda" and not interpreting():
+        tuned = tuned_config(_device_name(device.index), dtype, n, block_d, block_dv)
+        if tuned is not None:
+            return tuned
+    return _launch_config(n, block_d, block_dv, ieee)
 
 
 def _launch_config(n: int, block_d: int, block_dv: int, ieee: bool) -> Tuple[int, int, int, int]:
@@ -453,7 +499,7 @@ def attention_entropy(q: Tensor, k: Tensor, v: Tensor, qs: Sequence[float], scal
         q, k: (B, H, N, D) queries and keys, any strides. v: (B, H, N, Dv), Dv may differ.
         qs: positive entropy orders (1.0 = Shannon). scale: softmax scale (> 0).
         config: (BLOCK_M, BLOCK_N, num_warps, num_stages) to force (the tuner's knob; the
-            op never passes it): powers of two, block sizes >= 16.
+            op never passes it); see ``check_config``.
 
     Returns:
         out (B, H, N, Dv) contiguous, in q's dtype: ``softmax(q k^T * scale) v``;
@@ -495,17 +541,7 @@ def attention_entropy(q: Tensor, k: Tensor, v: Tensor, qs: Sequence[float], scal
     # no bf16), so there bf16 is upcast right after each load and P is rounded to bf16.
     upcast = q.dtype == torch.float64 or (interpreting() and q.dtype == torch.bfloat16)
     ieee = not low or upcast
-    if config is not None:
-        bm, bn, warps, stages = (int(c) for c in config)
-        if not all(x >= _DOT_MIN and x & (x - 1) == 0 for x in (bm, bn)) or warps not in (1, 2, 4, 8, 16) \
-                or stages < 1:
-            raise ValueError(f"lvtp.attention_entropy (triton): bad config {tuple(config)}")
-    else:
-        bm, bn, warps, stages = _launch_config(N, block_d, block_dv, ieee)
-        if q.device.type == "cuda" and not interpreting():
-            tuned = tuned_config(_device_name(q.device.index), q.dtype, N, block_d, block_dv)
-            if tuned is not None:
-                bm, bn, warps, stages = tuned
+    bm, bn, warps, stages = resolve_config(q.device, q.dtype, N, block_d, block_dv, ieee, config)
     num_m = triton.cdiv(N, bm)
     grid = (num_m * B * H,)
     with torch.cuda.device(q.device) if q.device.type == "cuda" else contextlib.nullcontext():
