@@ -56,7 +56,8 @@ def method_shape(model: ViTSegmenter, method: Method, img_hw: Tuple[int, int]) -
             use_edge=bool(o["use_edge"]) and float(o["alpha"]) < 1.0, reconstruct=str(o["reconstruct"]),
         )
     if method.kind in ("evit", "random"):  # score from the attention map: no entropy; same k-means + reconstruction
-        return model.vit_shape(img_hw, num_orders=0, use_edge=False, reconstruct=str(DEFAULTS["reconstruct"]))
+        return model.vit_shape(img_hw, num_orders=0, clusters=int(DEFAULTS["clusters"]), iters=int(DEFAULTS["iters"]),
+                               use_edge=False, reconstruct=str(DEFAULTS["reconstruct"]))
     if method.kind == "tome":  # no entropy, no k-means, unmerge is a copy
         return model.vit_shape(img_hw, num_orders=0, clusters=0, iters=0, use_edge=False, reconstruct="frozen")
     raise ValueError(f"unknown method kind {method.kind!r}")

@@ -13,6 +13,7 @@ from python_ref.ops import budget, fused_importance, proportional_quotas
 from python_ref.pipeline import StageRecord, reconstruct, reconstruct_stage
 
 from lvtp_kernels.models import build_model
+from lvtp_kernels.models.patching import DEFAULTS
 
 
 @pytest.fixture(autouse=True)
@@ -127,7 +128,7 @@ def test_patch_accepts_the_new_options_and_reports_them_in_flops():
             with torch.no_grad():
                 out = model(x)
             assert out.shape == (1, 11, 96, 128) and torch.isfinite(out).all()
-            shape = model.vit_shape(reconstruct=mode)
+            shape = model.vit_shape(reconstruct=mode, iters=DEFAULTS["iters"])  # patch's default, not the spec's
             with torch.no_grad():
                 counted = lvtp_kernels.flops.count_flops(model, x)
             analytic = lvtp_kernels.flops.vit_flops(shape, [(1, 0.5), (3, 0.5)])
@@ -147,7 +148,8 @@ def test_alpha_one_skips_the_edge_term_and_its_cost(monkeypatch):
     with torch.no_grad():
         counted = lvtp_kernels.flops.count_flops(model, x)
     assert calls == []
-    analytic = lvtp_kernels.flops.vit_flops(model.vit_shape(use_edge=False, reconstruct="nearest"), model._lvtp.schedule)
+    analytic = lvtp_kernels.flops.vit_flops(model.vit_shape(use_edge=False, reconstruct="nearest", iters=DEFAULTS["iters"]),
+                                            model._lvtp.schedule)
     assert abs(counted - analytic) / analytic < 1e-3
     lvtp_kernels.patch(model, flops_reduction=0.3, alpha=0.3)
     with torch.no_grad():
