@@ -76,6 +76,7 @@ def main(argv=None) -> int:
     ap.add_argument("--only", default=None, help="comma-separated row numbers of the preset")
     ap.add_argument("--classes", type=int, default=150, help="decoder classes of the random-weight models")
     ap.add_argument("--methods", default=None, help="comma-separated methods for every row (default: the preset's)")
+    ap.add_argument("--breakdown", action="store_true", help="time each overhead part of the LVTP rows (profiled)")
     args = ap.parse_args(argv)
     preset = args.preset or ("gpu" if args.device == "cuda" else "cpu")
     configs = {"gpu": GPU, "cpu": CPU, "quick": QUICK[args.device]}[preset]
@@ -91,7 +92,7 @@ def main(argv=None) -> int:
         try:
             rec = bench.run_e2e(arch, size, batch, dtype, args.device, (0.2, 0.3, 0.45), methods.split(","),
                                 repeats=args.repeats, max_s=args.max_seconds, ceilings=dtype not in ceilings,
-                                classes=args.classes)
+                                classes=args.classes, breakdown=args.breakdown)
         except Exception as exc:  # noqa: BLE001 - one failed config must not lose the others
             msg = f"### {arch} {size} batch {batch} {dtype}: FAILED {type(exc).__name__}: {exc}"
             print(msg, flush=True)

@@ -86,7 +86,7 @@ if [ $DRY = 0 ]; then
   want tune && step tune 120 60 "$PY" -m benchmarks.tune_attention --json "$LOGS/tune.json" \
     --write lvtp_kernels/assets/attention_tuned.json
   want tune && cp lvtp_kernels/assets/attention_tuned.json "$LOGS/"  # what the e2e step below used
-  want e2e && step e2e 240 60 "$PY" -m benchmarks.e2e_suite --out "$OUT" --preset gpu --profile $E2E_ARGS
+  want e2e && step e2e 240 60 "$PY" -m benchmarks.e2e_suite --out "$OUT" --preset gpu --profile --breakdown $E2E_ARGS
   # the same ViT-B row with a 19-class head: how much of the gap is the 150-class upsample
   want e2e && step e2e-19cls 60 30 "$PY" -m benchmarks.e2e_suite --out "$LOGS/e2e_19cls" --preset gpu --only 0 \
     --classes 19 --methods lvtp,tome
@@ -106,7 +106,7 @@ else
   step build-check 300 1 bash scripts/check_cuda_compile.sh
   step info 60 1 "$PY" -m lvtp_kernels info
   step pytest 600 1 "$PY" -m pytest $GPU_TESTS $CUDA_CASES tests/test_cli.py -q -p no:cacheprovider -x
-  step e2e 600 1 "$PY" -m benchmarks.e2e_suite --out "$OUT" --preset quick --device cpu --repeats 3
+  step e2e 600 1 "$PY" -m benchmarks.e2e_suite --out "$OUT" --preset quick --device cpu --repeats 3 --breakdown
   step head 120 1 "$PY" -m benchmarks.bench_head --quick
   step tune 300 1 env TRITON_INTERPRET=1 "$PY" -m benchmarks.tune_attention --quick --json "$LOGS/tune.json"
   step ops 900 1 env TRITON_INTERPRET=1 "$PY" -m lvtp_kernels bench ops --quick --md "$OUT/ops.md"

@@ -20,6 +20,12 @@ forward that runs the same blocks on the same token counts (taken from the metho
 run) but gets its tokens for free: it slices the first n tokens at each stage, runs plain
 attention everywhere and pads back to N at the end. The difference is the scoring
 (entropy-fused attention), clustering, selection, gathers and the reconstruction.
+
+``--breakdown`` adds ``parts_ms`` to every LVTP row: the time per forward of each family of
+``torch.ops.lvtp`` calls (torch.profiler over a few eager forwards; device time on a GPU,
+CPU time on the CPU) -- entropy attention (which also computes the attention output the
+layer needs anyway), edge energy, selection (clustering included), gathers and
+reconstruction -- beside ``profiled_ms``, the wall time of those forwards.
 """
 
 from __future__ import annotations
@@ -248,10 +254,53 @@ def schedule_counts(model, schedule, n0: int) -> List[int]:
 
 
 # ---------------------------------------------------------------------------- e2e
+PARTS = {  # torch.ops.lvtp op -> overhead part (top-level ops only: their backends are children)
+    "lvtp::attention_entropy": "entropy_attention", "lvtp::tsallis_entropy": "entropy_attention",
+    "lvtp::patch_edge_energy": "edge",
+    "lvtp::select_tokens": "selection", "lvtp::select": "selection", "lvtp::kmeans": "selection",
+    "lvtp::prune": "selection",
+    "lvtp::gather_tokens": "gather_scatter", "lvtp::scatter_tokens": "gather_scatter",
+    "lvtp::reconstruct_stage": "reconstruction",
+}
+
+
+def overhead_parts(fn: Callable[[Tensor], Tensor], x: Tensor, forwards: int = 3) -> dict:
+    """Per-forward ms of each overhead part of ``fn`` (eager, torch.profiler), plus
+    ``profiled_ms``: the wall time per forward of the profiled forwards themselves."""
+    dev = x.device
+    acts = [torch.profiler.ProfilerActivity.CPU]
+    if dev.type == "cuda":
+        acts.append(torch.profiler.ProfilerActivity.CUDA)
+    with torch.inference_mode():
+        fn(x)  # warm (compiles, caches) outside the profile
+        _sync(dev)
+        with torch.profiler.profile(activities=acts) as prof:
+            t0 = time.perf_counter()
+            for _ in range(forwards):
+                fn(x)
+            _sync(dev)
+            wall = (time.perf_counter() - t0) * 1e3 / forwards
+    parts = {name: 0.0 for name in dict.fromkeys(PARTS.values())}
+    calls = {name: 0 for name in parts}
+    for ev in prof.key_averages():
+        part = PARTS.get(ev.key)
+        if part is None:
+            continue
+        if dev.type == "cuda":
+            us = getattr(ev, "device_time_total", None)
+            us = getattr(ev, "cuda_time_total", 0.0) if us is None else us
+        else:
+            us = ev.cpu_time_total
+        parts[part] += us / 1e3 / forwards
+        calls[part] += ev.count // forwards
+    return {"parts_ms": parts, "calls_per_forward": calls, "profiled_ms": wall}
+
+
 def run_e2e(arch: str = "vit_b", size: Optional[Tuple[int, int]] = None, batch: int = 8, dtype: str = "fp16",
             device: str = "cuda", reductions: Sequence[float] = (0.2, 0.3, 0.45), methods: Sequence[str] = ("lvtp",),
             graphs: str = "auto", repeats: int = 50, max_s: float = 5.0, warmup: int = 5, overhead: bool = True,
-            ceilings: bool = True, threads: Optional[int] = None, classes: int = 150, log=print) -> dict:
+            ceilings: bool = True, threads: Optional[int] = None, classes: int = 150, breakdown: bool = False,
+            log=print) -> dict:
     """The e2e benchmark; returns the JSON record (see the module docstring)."""
     from .baselines import make_runner, parse_method, release
     from .evaluate import method_gflops, method_schedule
@@ -321,6 +370,7 @@ def run_e2e(arch: str = "vit_b", size: Optional[Tuple[int, int]] = None, batch: 
             try:
                 t = measure_interleaved(fns, x, graphs, warmup, repeats, max_s)
                 peak = peak_memory_mb(run, x)
+                parts = overhead_parts(run, x) if breakdown and m.kind == "lvtp" else None
             finally:
                 release(pm)
                 del pm, run, fns
@@ -332,10 +382,15 @@ def run_e2e(arch: str = "vit_b", size: Optional[Tuple[int, int]] = None, batch: 
                    "overhead_pct": (100 * over / tr.ms) if over is not None else None,
                    "static_ms": t["static"].ms if overhead else None, "graph": tr.graph,
                    "peak_mem_mb": peak, "tokens_per_block": counts, "note": tr.note}
+            if parts is not None:
+                row.update(parts)
             results.append(row)
             log(f"{m.name:>8} {r:.2f}: {tr.ms:.2f} ms vs {tb.ms:.2f} ms unpruned in the same rounds, "
                 f"{row['speedup']:.2f}x (ideal {row['ideal_speedup']:.2f}x), overhead "
                 f"{('%.2f ms (%.1f %%)' % (over, row['overhead_pct'])) if over is not None else '-'} {tr.note}")
+            if parts is not None:
+                log("          parts per forward (eager, profiled): " + ", ".join(
+                    f"{k} {v:.2f} ms" for k, v in parts["parts_ms"].items()) + f" of {parts['profiled_ms']:.2f} ms")
     rec["results"] = results
     return rec
 
@@ -367,6 +422,16 @@ def format_table(rec: dict) -> str:
         lines.append(f"| {r['method']} | {r['reduction']:.2f} | {r['gflops']:.2f} | {r['ms']:.2f} | "
                      f"{r['images_per_s']:.1f} | {bms} | {r['speedup']:.2f}x | {r['ideal_speedup']:.2f}x | {o} | {op} | "
                      f"{mb(r['peak_mem_mb'])} |")
+    with_parts = [r for r in rec["results"] if r.get("parts_ms")]
+    if with_parts:
+        names = list(with_parts[0]["parts_ms"])
+        lines += ["", "overhead parts per forward (ms; eager forwards under torch.profiler, "
+                  + ("device time" if c["device"].startswith("cuda") else "CPU time") + "):", "",
+                  "| method | reduction | " + " | ".join(names) + " | profiled forward ms |",
+                  "| --- | --- | " + " | ".join("---" for _ in names) + " | --- |"]
+        for r in with_parts:
+            lines.append(f"| {r['method']} | {r['reduction']:.2f} | "
+                         + " | ".join(f"{r['parts_ms'][k]:.2f}" for k in names) + f" | {r['profiled_ms']:.2f} |")
     notes = {x["note"] for x in [b] + rec["results"] if x.get("note")}
     if c["device"].startswith("cuda"):
         lines += ["", f"an N x N attention map of one layer would take {rec['nn_attention_map_mb']:.0f} MB"]
@@ -461,6 +526,8 @@ def add_parser(sub) -> None:
     e.add_argument("--no-ceilings", action="store_true", help="skip measuring copy bandwidth and matmul rate")
     e.add_argument("--classes", type=int, default=150,
                    help="decoder classes of a random-weight preset (150: ADE20K; its logits are upsampled to the image)")
+    e.add_argument("--breakdown", action="store_true",
+                   help="per LVTP row, the time of each overhead part (torch.profiler, eager)")
     e.add_argument("--json", default=None, help="write the record here")
     e.add_argument("--md", default=None, help="append the markdown table here")
     e.set_defaults(func=cmd_e2e)
@@ -485,7 +552,7 @@ def cmd_e2e(args: argparse.Namespace) -> int:
     try:
         rec = run_e2e(arch, size, args.batch, dtype, dev, reductions, methods, args.graphs, args.repeats,
                       args.max_seconds, args.warmup, not args.no_overhead, not args.no_ceilings, args.threads,
-                      args.classes)
+                      args.classes, args.breakdown)
     except ValueError as exc:
         print(f"lvtp bench e2e: {exc}", file=sys.stderr)
         return 2

@@ -137,3 +137,19 @@ def test_bench_head_times_the_model_layout(tmp_path, monkeypatch):
     r = rows[0]
     assert r["ref_ms"] > 0 and r["ours_ms"] > 0 and r["speedup"] == pytest.approx(r["ref_ms"] / r["ours_ms"])
     assert "240x320" in r["shape"] and "bench_head" in (tmp_path / "b.csv").read_text()
+
+
+def test_e2e_breakdown_parts(tmp_path):
+    """--breakdown: every LVTP row gets each overhead part's time per forward, one
+    selection/entropy call per stage, and parts that fit inside the profiled forward."""
+    rec, md = _e2e(tmp_path, "--methods", "lvtp,tome", "--breakdown")
+    lv = [r for r in rec["results"] if r["method"] == "lvtp"]
+    assert lv and all("parts_ms" not in r for r in rec["results"] if r["method"] == "tome")
+    for r in lv:
+        parts, calls = r["parts_ms"], r["calls_per_forward"]
+        assert set(parts) == {"entropy_attention", "edge", "selection", "gather_scatter", "reconstruction"}
+        stages = sum(1 for _, keep in r["schedule"] if keep < 1.0)
+        assert calls["selection"] == stages and calls["entropy_attention"] == stages and calls["edge"] == 1
+        assert all(v > 0 for v in parts.values()), parts
+        assert sum(parts.values()) <= r["profiled_ms"] * 1.02, (parts, r["profiled_ms"])
+    assert "overhead parts per forward" in md and "| entropy_attention | edge | selection |" in md
