@@ -241,6 +241,35 @@ void kmeans_image_direct(const T* x, int64_t n, int64_t d, T* c, int64_t k, int6
   assign_direct(x, 0, n, c, k, d, assign);
 }
 
+// The same k-means for one image with the work spread over threads: the assignment over
+// point ranges, the update over column ranges (each column summed over the members in
+// point index order, as above). Every point and every column computes exactly what the
+// serial version computes, so the result is the same for any thread count. For batches
+// smaller than the thread count (select at batch 1), where one task per image would leave
+// threads idle.
+template <typename T>
+void kmeans_image_parallel(const T* x, int64_t n, int64_t d, T* c, int64_t k, int64_t iters, int64_t* assign) {
+  const int64_t grain = std::max<int64_t>(1, 65536 / std::max<int64_t>(1, k * d));
+  const int64_t dchunk = std::max<int64_t>(16, std::min<int64_t>(d, 64));
+  const int64_t nd = (d + dchunk - 1) / dchunk;
+  auto assign_step = [&]() {
+    at::parallel_for(0, n, grain, [&](int64_t i0, int64_t i1) { assign_direct(x, i0, i1, c, k, d, assign); });
+  };
+  std::vector<int64_t> prev(static_cast<size_t>(n), -1);
+  for (int64_t it = 0; it < iters; ++it) {
+    assign_step();
+    if (it > 0 && std::equal(prev.begin(), prev.end(), assign)) return;  // fixed point, as above
+    std::copy_n(assign, n, prev.begin());
+    at::parallel_for(0, nd, 1, [&](int64_t t0, int64_t t1) {
+      std::vector<T> sums;
+      std::vector<int64_t> counts;
+      for (int64_t t = t0; t < t1; ++t)
+        update_centroids(x, n, d, assign, c, k, t * dchunk, std::min(d, (t + 1) * dchunk), sums, counts);
+    });
+  }
+  assign_step();
+}
+
 // ----------------------------------------------------------------------------- kmeans op
 enum class DistForm { Direct, Expanded };
 
@@ -413,7 +442,7 @@ int64_t two_means_split(const double* u, int64_t m, std::vector<double>& s1, std
 // Step 5 for one image: x (n x C, L2-normalised, float64), u (n) -> keep (n) and assign (n).
 // allocation: kAllocRanked (step 5.3) or kAllocProportional (per-cluster quotas).
 void select_one(const double* x, const double* u, int64_t n, int64_t C, int64_t clusters, int64_t iters,
-                int64_t budget_k, int allocation, uint8_t* keep, int64_t* assign) {
+                int64_t budget_k, int allocation, uint8_t* keep, int64_t* assign, bool parallel_kmeans = false) {
   const int64_t k = std::min(clusters, n);
   // desc order of u, ties by lower index (torch.sort(descending=True, stable=True))
   std::vector<int64_t> desc(n);
@@ -424,7 +453,10 @@ void select_one(const double* x, const double* u, int64_t n, int64_t C, int64_t 
     const int64_t t = desc[(r * n) / k];
     std::memcpy(c.data() + r * C, x + t * C, sizeof(double) * C);
   }
-  kmeans_image_direct<double>(x, n, C, c.data(), k, iters, assign);
+  if (parallel_kmeans)
+    kmeans_image_parallel<double>(x, n, C, c.data(), k, iters, assign);
+  else
+    kmeans_image_direct<double>(x, n, C, c.data(), k, iters, assign);
 
   // 5.2 per cluster: members by u ascending (ties by lower index) -> 2-means split.
   std::vector<int64_t> asc(n);
@@ -556,10 +588,15 @@ std::tuple<Tensor, Tensor, Tensor> select_tokens_cpu(const Tensor& tokens, const
   const double* up = u.data_ptr<double>();
   uint8_t* kp = keep.data_ptr<uint8_t>();
   int64_t* ap = assign.data_ptr<int64_t>();
-  at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
-    for (int64_t b = b0; b < b1; ++b)
-      select_one(xp + b * n * C, up + b * n, n, C, clusters, iters, K, allocation, kp + b * n, ap + b * n);
-  });
+  if (B >= at::get_num_threads()) {  // one task per image, each cache-resident for all its iterations
+    at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b)
+        select_one(xp + b * n * C, up + b * n, n, C, clusters, iters, K, allocation, kp + b * n, ap + b * n);
+    });
+  } else {  // fewer images than threads: images in turn, each one's k-means spread over the threads
+    for (int64_t b = 0; b < B; ++b)
+      select_one(xp + b * n * C, up + b * n, n, C, clusters, iters, K, allocation, kp + b * n, ap + b * n, true);
+  }
 
   Tensor keep_idx = at::empty({B, P + K}, tokens.options().dtype(at::kLong));
   Tensor prune_idx = at::empty({B, n - K}, tokens.options().dtype(at::kLong));

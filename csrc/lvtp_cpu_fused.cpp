@@ -168,7 +168,12 @@ std::tuple<Tensor, Tensor> attention_entropy_cpu(const Tensor& q, const Tensor& 
   // Tasks: (b, h, block of R query rows), R chosen so a block's logits and probabilities
   // (2 R N values) stay in L2; each task runs its matrix products single-threaded. Entropies
   // go per head into ent_h, summed over heads in order afterwards (thread-count independent).
-  const int64_t R = std::max<int64_t>(1, std::min<int64_t>(N, (int64_t(1) << 17) / std::max<int64_t>(N, 1)));
+  // At least kMinTasks tasks (batch 1 has only H): row blocks are split further. R depends on
+  // the shapes only, never on the thread count, so results do not depend on it either.
+  constexpr int64_t kMinTasks = 8;
+  int64_t R = std::max<int64_t>(1, std::min<int64_t>(N, (int64_t(1) << 17) / std::max<int64_t>(N, 1)));
+  const int64_t want_blk = (kMinTasks + B * H - 1) / (B * H);
+  if ((N + R - 1) / R < want_blk) R = std::max<int64_t>(16, (N + want_blk - 1) / want_blk);
   const int64_t nblk = (N + R - 1) / R;
   Tensor out = at::empty({B, H, N, Dv}, qa.options());
   Tensor ent_h = at::zeros({B, H, N, Q}, qa.options());

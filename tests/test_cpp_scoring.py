@@ -35,7 +35,14 @@ def test_attention_entropy_fp32_fp64(n, h, gen):
         out, ent = torch.ops.lvtp_cpp.attention_entropy(q, k, v, QS, d**-0.5)
         ref_out, ref_ent = python_ref.attention_entropy(q, k, v, QS, d**-0.5)
         assert out.dtype == dtype and ent.dtype == torch.float32 and ent.shape == (b, n, len(QS))
-        torch.testing.assert_close(out, ref_out, rtol=1e-5, atol=1e-6)
+        if dtype == torch.float64:
+            torch.testing.assert_close(out, ref_out, rtol=1e-12, atol=1e-13)
+        else:
+            # Row blocks (more of them at small B*H) let BLAS round P @ V differently from the
+            # reference's one batched product; both are ~5e-6 from fp64 here. Flash rule:
+            o64, _ = python_ref.attention_entropy(q.double(), k.double(), v.double(), QS, d**-0.5)
+            assert _err(out, o64) <= 2 * _err(ref_out, o64) + 1e-7, (_err(out, o64), _err(ref_out, o64))
+            torch.testing.assert_close(out, ref_out, rtol=1e-5, atol=1e-5)
         assert _err(ent, ref_ent) <= tol
 
 

@@ -379,3 +379,30 @@ def test_select_tokens_cuda_public_op_and_opcheck(monkeypatch):
         torch.library.opcheck(torch.ops.lvtp_cpp.select_tokens, args)
     with pytest.raises(RuntimeError, match="allocation"):
         torch.ops.lvtp_cpp.select_tokens(tokens.cuda(), ent.cuda(), None, 0.5, 1, 0.5, "low", 4, 3, "uniform")
+
+
+@needs_cpp
+@pytest.mark.parametrize("allocation", ALLOCS)
+@pytest.mark.parametrize("n_tok,c", [(2, 16), (50, 192), (197, 64), (577, 32)])
+def test_select_tokens_batch_smaller_than_threads(n_tok, c, allocation):
+    """A batch smaller than the thread count spreads each image's k-means over the threads
+    (kmeans_image_parallel): the same outputs as one task per image, as the reference, and
+    for 1 or 2 threads."""
+    tokens, ent, edge = _inputs(11, 2, n_tok, c)
+    args = (0.5, 1, 0.3, "high", 8, 10, allocation)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        pair = torch.ops.lvtp_cpp.select_tokens(tokens, ent, edge, *args)  # B = 2 >= threads: per image
+        outs = []
+        for th in (2, 1):
+            torch.set_num_threads(th)
+            outs.append([torch.ops.lvtp_cpp.select_tokens(tokens[i:i + 1], ent[i:i + 1], edge[i:i + 1], *args)
+                         for i in range(2)])
+    finally:
+        torch.set_num_threads(threads)
+    want = ref.select_tokens(tokens, ent, edge, *args)
+    for one in outs:
+        for t in range(3):
+            got = torch.cat([one[0][t], one[1][t]])
+            assert torch.equal(got, pair[t]) and torch.equal(got, want[t]), (t, allocation)
