@@ -241,33 +241,59 @@ void kmeans_image_direct(const T* x, int64_t n, int64_t d, T* c, int64_t k, int6
   assign_direct(x, 0, n, c, k, d, assign);
 }
 
-// The same k-means for one image with the work spread over threads: the assignment over
-// point ranges, the update over column ranges (each column summed over the members in
-// point index order, as above). Every point and every column computes exactly what the
-// serial version computes, so the result is the same for any thread count. For batches
-// smaller than the thread count (select at batch 1), where one task per image would leave
-// threads idle.
-template <typename T>
-void kmeans_image_parallel(const T* x, int64_t n, int64_t d, T* c, int64_t k, int64_t iters, int64_t* assign) {
-  const int64_t grain = std::max<int64_t>(1, 65536 / std::max<int64_t>(1, k * d));
-  const int64_t dchunk = std::max<int64_t>(16, std::min<int64_t>(d, 64));
-  const int64_t nd = (d + dchunk - 1) / dchunk;
-  auto assign_step = [&]() {
-    at::parallel_for(0, n, grain, [&](int64_t i0, int64_t i1) { assign_direct(x, i0, i1, c, k, d, assign); });
-  };
-  std::vector<int64_t> prev(static_cast<size_t>(n), -1);
+// Lloyd iterations with a fixed-point exit (see kmeans_image_direct), around a caller's
+// assignment and update steps over `pts` points: the one loop of every parallel path.
+template <typename AssignStep, typename UpdateStep>
+void lloyd_iterations(int64_t pts, int64_t iters, const int64_t* assign, AssignStep&& assign_step,
+                      UpdateStep&& update_step) {
+  std::vector<int64_t> prev(static_cast<size_t>(pts), -1);
   for (int64_t it = 0; it < iters; ++it) {
     assign_step();
-    if (it > 0 && std::equal(prev.begin(), prev.end(), assign)) return;  // fixed point, as above
-    std::copy_n(assign, n, prev.begin());
-    at::parallel_for(0, nd, 1, [&](int64_t t0, int64_t t1) {
-      std::vector<T> sums;
-      std::vector<int64_t> counts;
-      for (int64_t t = t0; t < t1; ++t)
-        update_centroids(x, n, d, assign, c, k, t * dchunk, std::min(d, (t + 1) * dchunk), sums, counts);
-    });
+    if (it > 0 && std::equal(prev.begin(), prev.end(), assign)) return;
+    std::copy_n(assign, pts, prev.begin());
+    update_step();
   }
   assign_step();
+}
+
+// Centroid update of B images over (image, column chunk) tasks; each column is summed over
+// its cluster's members in point index order (update_centroids), whatever the chunking.
+template <typename T>
+void parallel_update(const T* x, int64_t B, int64_t n, int64_t d, T* c, int64_t k, const int64_t* assign,
+                     int64_t dchunk) {
+  const int64_t nd = (d + dchunk - 1) / dchunk;
+  at::parallel_for(0, B * nd, 1, [&](int64_t t0, int64_t t1) {
+    std::vector<T> sums;
+    std::vector<int64_t> counts;
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t b = t / nd, d0 = (t % nd) * dchunk, d1 = std::min(d, d0 + dchunk);
+      update_centroids(x + b * n * d, n, d, assign + b * n, c + b * k * d, k, d0, d1, sums, counts);
+    }
+  });
+}
+
+// Direct-form k-means of B images (rows (B*n) x d, centroids (B*k) x d) with the work spread
+// over threads: the assignment over point ranges, the update over (image, column range)
+// tasks (each column summed over the members in point index order, as kmeans_image_direct
+// does). Every point and column computes what the serial version computes, so the result
+// is the same for any thread count. Used when there are fewer images than threads.
+template <typename T>
+void kmeans_points_parallel(const T* x, int64_t B, int64_t n, int64_t d, T* c, int64_t k, int64_t iters,
+                            int64_t* assign) {
+  const int64_t pts = B * n;
+  const int64_t grain = std::max<int64_t>(1, 65536 / std::max<int64_t>(1, k * d));
+  const int64_t dchunk = std::max<int64_t>(16, std::min<int64_t>(d, 64));
+  auto assign_step = [&]() {
+    at::parallel_for(0, pts, grain, [&](int64_t p0, int64_t p1) {
+      for (int64_t p = p0; p < p1;) {
+        const int64_t b = p / n, i0 = p % n, i1 = std::min(n, i0 + (p1 - p));
+        assign_direct(x + b * n * d, i0, i1, c + b * k * d, k, d, assign + b * n);
+        p += i1 - i0;
+      }
+    });
+  };
+  auto update_step = [&]() { parallel_update(x, B, n, d, c, k, assign, dchunk); };
+  lloyd_iterations(pts, iters, assign, assign_step, update_step);
 }
 
 // ----------------------------------------------------------------------------- kmeans op
@@ -289,7 +315,6 @@ void kmeans_batch(const Tensor& xt, Tensor& ct, int64_t iters, Tensor& at_, Dist
   T* c = ct.data_ptr<T>();
   int64_t* assign = at_.data_ptr<int64_t>();
   const int64_t pts = B * n;
-  const int64_t assign_grain = std::max<int64_t>(1, 65536 / std::max<int64_t>(1, k * d));
 
   Tensor xx_t, cc_t;
   if (form == DistForm::Expanded) {
@@ -301,17 +326,20 @@ void kmeans_batch(const Tensor& xt, Tensor& ct, int64_t iters, Tensor& at_, Dist
     });
   }
 
-  auto assign_step = [&]() {
-    if (form == DistForm::Direct) {
-      at::parallel_for(0, pts, assign_grain, [&](int64_t p0, int64_t p1) {
-        for (int64_t p = p0; p < p1;) {
-          const int64_t b = p / n, i0 = p % n, i1 = std::min(n, i0 + (p1 - p));
-          assign_direct(x + b * n * d, i0, i1, c + b * k * d, k, d, assign + b * n);
-          p += i1 - i0;
-        }
+  if (form == DistForm::Direct) {
+    if (B >= at::get_num_threads()) {
+      // image-major: each image runs all its iterations while it is cache-resident
+      at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
+        for (int64_t b = b0; b < b1; ++b)
+          kmeans_image_direct(x + b * n * d, n, d, c + b * k * d, k, iters, assign + b * n);
       });
-      return;
+    } else {  // iteration-major: few images, parallel over points then over (image, dims)
+      kmeans_points_parallel(x, B, n, d, c, k, iters, assign);
     }
+    return;
+  }
+  // expanded form (a measurement knob): BLAS products for the dot terms
+  auto assign_step = [&]() {
     T* cc = cc_t.data_ptr<T>();
     sqnorms(c, 0, B * k, d, cc);
     const Tensor dot = at::bmm(xt, ct.transpose(1, 2)).contiguous();  // (B, n, k), BLAS
@@ -327,39 +355,10 @@ void kmeans_batch(const Tensor& xt, Tensor& ct, int64_t iters, Tensor& at_, Dist
       }
     });
   };
-
   // Update: tasks are (image, chunk of dims); each sums its cluster members in index order.
   const int64_t dchunk = std::max<int64_t>(16, std::min<int64_t>(d, 256));
-  const int64_t nd = (d + dchunk - 1) / dchunk;
-  auto update_step = [&]() {
-    at::parallel_for(0, B * nd, 1, [&](int64_t t0, int64_t t1) {
-      std::vector<T> sums;
-      std::vector<int64_t> counts;
-      for (int64_t t = t0; t < t1; ++t) {
-        const int64_t b = t / nd, d0 = (t % nd) * dchunk, d1 = std::min(d, d0 + dchunk);
-        update_centroids(x + b * n * d, n, d, assign + b * n, c + b * k * d, k, d0, d1, sums, counts);
-      }
-    });
-  };
-
-  if (form == DistForm::Direct && B >= at::get_num_threads()) {
-    // image-major: each image runs all its iterations while it is cache-resident
-    at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
-      for (int64_t b = b0; b < b1; ++b)
-        kmeans_image_direct(x + b * n * d, n, d, c + b * k * d, k, iters, assign + b * n);
-    });
-    return;
-  }
-  // iteration-major: few images, parallel over points then over (image, dims); stops
-  // early once no assignment changes (a fixed point: see kmeans_image_direct)
-  std::vector<int64_t> prev(static_cast<size_t>(pts), -1);
-  for (int64_t it = 0; it < iters; ++it) {
-    assign_step();
-    if (it > 0 && std::equal(prev.begin(), prev.end(), assign)) return;
-    std::copy_n(assign, pts, prev.begin());
-    update_step();
-  }
-  assign_step();
+  auto update_step = [&]() { parallel_update(x, B, n, d, c, k, assign, dchunk); };
+  lloyd_iterations(pts, iters, assign, assign_step, update_step);
 }
 
 void check_kmeans_args(const Tensor& x, const Tensor& init, int64_t iters) {
@@ -454,7 +453,7 @@ void select_one(const double* x, const double* u, int64_t n, int64_t C, int64_t 
     std::memcpy(c.data() + r * C, x + t * C, sizeof(double) * C);
   }
   if (parallel_kmeans)
-    kmeans_image_parallel<double>(x, n, C, c.data(), k, iters, assign);
+    kmeans_points_parallel<double>(x, 1, n, C, c.data(), k, iters, assign);
   else
     kmeans_image_direct<double>(x, n, C, c.data(), k, iters, assign);
 
