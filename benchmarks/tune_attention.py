@@ -51,7 +51,7 @@ def _inputs(shape, dtype, device):
 
 def default_config(shape, dtype) -> Tuple[int, int, int, int]:
     _, _, n, d = shape
-    bd = max(attn._DOT_MIN, attn._next_pow2(d))
+    bd = attn.n_bucket(d)
     ieee = dtype not in (torch.float16, torch.bfloat16)
     return attn._launch_config(n, bd, bd, ieee)
 
@@ -93,15 +93,13 @@ def sweep(shapes: Sequence[tuple], configs: Sequence[tuple], dtype, device, repe
     return recs
 
 
-def dtype_key(dtype) -> str:
-    """The table's dtype class: one entry serves fp16 and bf16."""
-    return "16bit" if dtype in (torch.float16, torch.bfloat16) else str(dtype).replace("torch.", "")
+dtype_key = attn.dtype_class
 
 
 def bucket(shape) -> Tuple[int, int]:
-    """(head dim block, next power of two of N): the table's shape key."""
+    """(head dim block, N bucket): the table's shape key."""
     _, _, n, d = shape
-    return max(attn._DOT_MIN, attn._next_pow2(d)), max(attn._DOT_MIN, attn._next_pow2(n))
+    return attn.n_bucket(d), attn.n_bucket(n)  # the head-dim block is the same power-of-two rule
 
 
 def best_entries(recs: Sequence[dict], device_name: str, key_dtype: str = "16bit") -> List[dict]:

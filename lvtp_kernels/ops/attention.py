@@ -440,12 +440,21 @@ def _device_name(index: Optional[int]) -> str:
     return torch.cuda.get_device_name(index)
 
 
+def dtype_class(dtype: torch.dtype) -> str:
+    """The table's dtype key: "16bit" serves fp16 and bf16 (same tiles and instructions)."""
+    return "16bit" if dtype in (torch.float16, torch.bfloat16) else str(dtype).replace("torch.", "")
+
+
+def n_bucket(n: int) -> int:
+    """The table's N key: the next power of two (at least the smallest dot block)."""
+    return max(_DOT_MIN, _next_pow2(n))
+
+
 def tuned_config(device_name: str, dtype: torch.dtype, n: int, block_d: int, block_dv: int,
                  path: Optional[str] = None) -> Optional[Tuple[int, int, int, int]]:
     """The measured tile config for this card, dtype class and shape bucket, or None.
     ``path`` defaults to ``TUNED_PATH`` (read when called)."""
-    key = "16bit" if dtype in (torch.float16, torch.bfloat16) else str(dtype).replace("torch.", "")
-    np2 = max(_DOT_MIN, _next_pow2(n))
+    key, np2 = dtype_class(dtype), n_bucket(n)
     for e in _tuned_entries(path or TUNED_PATH):
         if (e["device"] == device_name and e["dtype"] == key and e["block_d"] == block_d
                 and e["block_dv"] == block_dv and e["np2"] == np2):
