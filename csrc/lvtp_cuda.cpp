@@ -110,42 +110,27 @@ std::tuple<Tensor, Tensor, Tensor> select_tokens_cuda(const Tensor& tokens_in, c
   Tensor cluster_id = at::empty({B, N}, iopt);
 
   const bool low = entropy_mode == "low";
-  if (e64)
-    LVTP_CUDA_CHECK(cuda::importance_f64(ent.data_ptr<double>(), edge.defined() ? edge.data_ptr<double>() : nullptr, B,
-                                         N, Q, P, alpha, low, u.data_ptr<double>(), stream),
+  const cuda::SelectScratch scratch{u.data_ptr<double>(),      rownorm.data_ptr<double>(), cent.data_ptr<double>(),
+                                    s1.data_ptr<double>(),     s2.data_ptr<double>(),      desc.data_ptr<int32_t>(),
+                                    asc.data_ptr<int32_t>(),   seg.data_ptr<int32_t>(),    starts.data_ptr<int32_t>(),
+                                    members.data_ptr<int32_t>(), cls.data_ptr<uint8_t>(),  keep.data_ptr<uint8_t>(),
+                                    assign.data_ptr<int64_t>()};
+  int64_t* ki = keep_idx.data_ptr<int64_t>();
+  int64_t* pi = prune_idx.data_ptr<int64_t>();
+  int32_t* ci = cluster_id.data_ptr<int32_t>();
+  auto run = [&](const auto* x, const auto* e, const auto* ed) {
+    LVTP_CUDA_CHECK(cuda::select_tokens(x, e, ed, B, N, C, Q, P, K, k, iters, alpha, low, allocation, scratch, ki, pi,
+                                        ci, stream),
                     "select");
+  };
+  if (f64 && e64)
+    run(tokens.data_ptr<double>(), ent.data_ptr<double>(), edge.defined() ? edge.data_ptr<double>() : nullptr);
+  else if (f64)
+    run(tokens.data_ptr<double>(), ent.data_ptr<float>(), edge.defined() ? edge.data_ptr<float>() : nullptr);
+  else if (e64)
+    run(tokens.data_ptr<float>(), ent.data_ptr<double>(), edge.defined() ? edge.data_ptr<double>() : nullptr);
   else
-    LVTP_CUDA_CHECK(cuda::importance_f32(ent.data_ptr<float>(), edge.defined() ? edge.data_ptr<float>() : nullptr, B,
-                                         N, Q, P, alpha, low, u.data_ptr<double>(), stream),
-                    "select");
-  const int64_t bstride = N * C;
-  if (f64) {
-    const double* x = tokens.data_ptr<double>() + P * C;
-    LVTP_CUDA_CHECK(cuda::row_norms_f64(x, bstride, B, n, C, rownorm.data_ptr<double>(), stream), "select");
-    LVTP_CUDA_CHECK(cuda::rank_init_f64(u.data_ptr<double>(), x, bstride, rownorm.data_ptr<double>(), B, n, C, k,
-                                        desc.data_ptr<int32_t>(), asc.data_ptr<int32_t>(), cent.data_ptr<double>(),
-                                        stream),
-                    "select");
-    LVTP_CUDA_CHECK(cuda::kmeans_rows_f64_f64(x, bstride, rownorm.data_ptr<double>(), B, n, C, cent.data_ptr<double>(),
-                                              k, iters, assign.data_ptr<int64_t>(), members.data_ptr<int32_t>(), stream),
-                    "select");
-  } else {
-    const float* x = tokens.data_ptr<float>() + P * C;
-    LVTP_CUDA_CHECK(cuda::row_norms_f32(x, bstride, B, n, C, rownorm.data_ptr<double>(), stream), "select");
-    LVTP_CUDA_CHECK(cuda::rank_init_f32(u.data_ptr<double>(), x, bstride, rownorm.data_ptr<double>(), B, n, C, k,
-                                        desc.data_ptr<int32_t>(), asc.data_ptr<int32_t>(), cent.data_ptr<double>(),
-                                        stream),
-                    "select");
-    LVTP_CUDA_CHECK(cuda::kmeans_rows_f32_f64(x, bstride, rownorm.data_ptr<double>(), B, n, C, cent.data_ptr<double>(),
-                                              k, iters, assign.data_ptr<int64_t>(), members.data_ptr<int32_t>(), stream),
-                    "select");
-  }
-  LVTP_CUDA_CHECK(cuda::select_finish(u.data_ptr<double>(), assign.data_ptr<int64_t>(), desc.data_ptr<int32_t>(),
-                                      asc.data_ptr<int32_t>(), B, n, k, P, K, allocation, seg.data_ptr<int32_t>(),
-                                      starts.data_ptr<int32_t>(), cls.data_ptr<uint8_t>(), keep.data_ptr<uint8_t>(),
-                                      s1.data_ptr<double>(), s2.data_ptr<double>(), keep_idx.data_ptr<int64_t>(),
-                                      prune_idx.data_ptr<int64_t>(), cluster_id.data_ptr<int32_t>(), stream),
-                  "select");
+    run(tokens.data_ptr<float>(), ent.data_ptr<float>(), edge.defined() ? edge.data_ptr<float>() : nullptr);
   return {keep_idx, prune_idx, cluster_id};
 }
 

@@ -68,5 +68,42 @@ cudaError_t select_finish(const double* u, const int64_t* assign, const int32_t*
                           double* s2, int64_t* keep_idx, int64_t* prune_idx, int32_t* cluster_id,
                           cudaStream_t stream);
 
+// ----------------------------------------------------------------------------- select, whole
+// Steps 2, 4, 5 end to end (the launch sequence of lvtp_cpp::select_tokens on CUDA):
+// importance, row norms, ranks and initial centroids, k-means on the normalised rows, then
+// select_finish. tokens (B, N, C), ent (B, N, Q) and edge (B, N) (nullptr: none) contiguous;
+// k = min(clusters, N - P), K = budget(N, P, keep_ratio). Outputs as select_finish.
+struct SelectScratch {  // device buffers, n = N - P; sizes in elements
+  double* u;          // B * n
+  double* rownorm;    // B * n
+  double* centroids;  // B * k * C
+  double* s1;         // B * n
+  double* s2;         // B * n
+  int32_t* desc;      // B * n
+  int32_t* asc;       // B * n
+  int32_t* seg;       // B * n
+  int32_t* starts;    // B * (k + 1)
+  int32_t* members;   // B * k * n
+  uint8_t* cls;       // B * n
+  uint8_t* keep;      // B * n
+  int64_t* assign;    // B * n
+};
+cudaError_t select_tokens(const float* tokens, const float* ent, const float* edge, int64_t B, int64_t N, int64_t C,
+                          int64_t Q, int64_t P, int64_t K, int64_t k, int64_t iters, double alpha, bool low,
+                          int allocation, const SelectScratch& s, int64_t* keep_idx, int64_t* prune_idx,
+                          int32_t* cluster_id, cudaStream_t stream);
+cudaError_t select_tokens(const float* tokens, const double* ent, const double* edge, int64_t B, int64_t N, int64_t C,
+                          int64_t Q, int64_t P, int64_t K, int64_t k, int64_t iters, double alpha, bool low,
+                          int allocation, const SelectScratch& s, int64_t* keep_idx, int64_t* prune_idx,
+                          int32_t* cluster_id, cudaStream_t stream);
+cudaError_t select_tokens(const double* tokens, const float* ent, const float* edge, int64_t B, int64_t N, int64_t C,
+                          int64_t Q, int64_t P, int64_t K, int64_t k, int64_t iters, double alpha, bool low,
+                          int allocation, const SelectScratch& s, int64_t* keep_idx, int64_t* prune_idx,
+                          int32_t* cluster_id, cudaStream_t stream);
+cudaError_t select_tokens(const double* tokens, const double* ent, const double* edge, int64_t B, int64_t N,
+                          int64_t C, int64_t Q, int64_t P, int64_t K, int64_t k, int64_t iters, double alpha, bool low,
+                          int allocation, const SelectScratch& s, int64_t* keep_idx, int64_t* prune_idx,
+                          int32_t* cluster_id, cudaStream_t stream);
+
 }  // namespace cuda
 }  // namespace lvtp

@@ -409,5 +409,51 @@ cudaError_t select_finish(const double* u, const int64_t* assign, const int32_t*
   return cudaGetLastError();
 }
 
+namespace {
+
+cudaError_t kmeans_rows(const float* x, int64_t bstride, const double* rownorm, int64_t B, int64_t n, int64_t d,
+                        double* c, int64_t k, int64_t iters, int64_t* assign, int32_t* members, cudaStream_t stream) {
+  return kmeans_rows_f32_f64(x, bstride, rownorm, B, n, d, c, k, iters, assign, members, stream);
+}
+cudaError_t kmeans_rows(const double* x, int64_t bstride, const double* rownorm, int64_t B, int64_t n, int64_t d,
+                        double* c, int64_t k, int64_t iters, int64_t* assign, int32_t* members, cudaStream_t stream) {
+  return kmeans_rows_f64_f64(x, bstride, rownorm, B, n, d, c, k, iters, assign, members, stream);
+}
+
+template <typename XT, typename ET>
+cudaError_t run_select(const XT* tokens, const ET* ent, const ET* edge, int64_t B, int64_t N, int64_t C, int64_t Q,
+                       int64_t P, int64_t K, int64_t k, int64_t iters, double alpha, bool low, int allocation,
+                       const SelectScratch& s, int64_t* keep_idx, int64_t* prune_idx, int32_t* cluster_id,
+                       cudaStream_t stream) {
+  if (B < 1 || N < 1 || C < 1 || P < 0 || P >= N || iters < 1) return cudaErrorInvalidValue;
+  const int64_t n = N - P, bstride = N * C;
+  const XT* x = tokens + P * C;
+  cudaError_t e = launch_importance<ET>(ent, edge, B, N, Q, P, alpha, low, s.u, stream);
+  if (e == cudaSuccess) e = launch_row_norms<XT>(x, bstride, B, n, C, s.rownorm, stream);
+  if (e == cudaSuccess)
+    e = launch_rank_init<XT>(s.u, x, bstride, s.rownorm, B, n, C, k, s.desc, s.asc, s.centroids, stream);
+  if (e == cudaSuccess) e = kmeans_rows(x, bstride, s.rownorm, B, n, C, s.centroids, k, iters, s.assign, s.members, stream);
+  if (e == cudaSuccess)
+    e = select_finish(s.u, s.assign, s.desc, s.asc, B, n, k, P, K, allocation, s.seg, s.starts, s.cls, s.keep, s.s1,
+                      s.s2, keep_idx, prune_idx, cluster_id, stream);
+  return e;
+}
+
+}  // namespace
+
+#define LVTP_SELECT_TOKENS(XT, ET)                                                                                 \
+  cudaError_t select_tokens(const XT* tokens, const ET* ent, const ET* edge, int64_t B, int64_t N, int64_t C,       \
+                            int64_t Q, int64_t P, int64_t K, int64_t k, int64_t iters, double alpha, bool low,      \
+                            int allocation, const SelectScratch& s, int64_t* keep_idx, int64_t* prune_idx,          \
+                            int32_t* cluster_id, cudaStream_t stream) {                                             \
+    return run_select<XT, ET>(tokens, ent, edge, B, N, C, Q, P, K, k, iters, alpha, low, allocation, s, keep_idx,   \
+                              prune_idx, cluster_id, stream);                                                       \
+  }
+LVTP_SELECT_TOKENS(float, float)
+LVTP_SELECT_TOKENS(float, double)
+LVTP_SELECT_TOKENS(double, float)
+LVTP_SELECT_TOKENS(double, double)
+#undef LVTP_SELECT_TOKENS
+
 }  // namespace cuda
 }  // namespace lvtp
