@@ -1,0 +1,276 @@
+"""The CUDA kernels of csrc/*.cu run on the CPU under the simt emulator (tests/simt/) and
+must agree exactly with python_ref: the same launchers and launch sequence that
+``lvtp_cpp.select_tokens`` / ``lvtp_cpp.kmeans`` use on a GPU, compiled for the host.
+
+The emulator runs each block's threads as fibers and checks what CUDA leaves undefined:
+barriers in divergent code, warp collectives that not all lanes reach, dynamic shared
+memory above 48 KB without opt-in, reads of unwritten shared memory (poisoned). The
+self-tests at the top show each check fires. What it cannot show: speed, memory ordering
+between concurrent blocks, and out-of-bounds reads (buffers carry guard zones instead:
+writes past either end are caught, reads of NaN guards corrupt the results).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import math
+import platform
+import shutil
+
+import pytest
+import torch
+
+from python_ref import ops as ref
+
+pytestmark = pytest.mark.skipif(
+    platform.machine() != "x86_64" or platform.system() != "Linux" or shutil.which("g++") is None,
+    reason="the simt emulator needs Linux x86-64 and g++",
+)
+
+I64, F64 = ctypes.c_int64, ctypes.c_double
+LAUNCH_FAILURE, INVALID_VALUE = 719, 1
+GUARD = 64  # elements of guard on each side of every buffer handed to the emulator
+
+
+@pytest.fixture(scope="module")
+def lib():
+    from simt import build
+
+    lib = build.load()
+    yield lib
+    lib.simt_set_smem_optin(227 * 1024)
+
+
+def _ptr(t):
+    return None if t is None else ctypes.c_void_p(t.data_ptr())
+
+
+class Guarded:
+    """A buffer of ``shape`` inside a larger one whose guard zones hold ``fill``."""
+
+    def __init__(self, shape, dtype, fill, init=None):
+        numel = math.prod(shape)
+        self.base = torch.full((numel + 2 * GUARD,), fill, dtype=dtype)
+        self.fill = fill
+        self.t = self.base[GUARD : GUARD + numel].view(shape)
+        if init is not None:
+            self.t.copy_(init)
+
+    def guards_intact(self):
+        g = torch.cat([self.base[:GUARD], self.base[-GUARD:]])
+        return bool(torch.isnan(g).all()) if isinstance(self.fill, float) and math.isnan(self.fill) else bool((g == self.fill).all())
+
+
+def _check(lib, rc):
+    assert rc == 0, f"emulated CUDA error {rc}: {lib.simt_message().decode()} {lib.simt_guard_message().decode()}"
+
+
+# --------------------------------------------------------------------------- the emulator's own checks
+def test_selftest_correct_reduction(lib):
+    x = torch.arange(1000, dtype=torch.float32) / 7
+    out = torch.zeros(1)
+    _check(lib, lib.selftest_block_sum(_ptr(x), 1000, _ptr(out)))
+    assert out.item() == pytest.approx(x.double().sum().item(), rel=1e-6)
+
+
+def test_selftest_divergent_barrier(lib):
+    out = torch.zeros(128, dtype=torch.int32)
+    assert lib.selftest_divergent_barrier(_ptr(out)) == LAUNCH_FAILURE
+    assert "divergent barrier" in lib.simt_message().decode()
+
+
+def test_selftest_deadlock(lib):
+    out = torch.zeros(64, dtype=torch.int32)
+    assert lib.selftest_deadlock(_ptr(out)) == LAUNCH_FAILURE
+    assert "deadlock" in lib.simt_message().decode()
+
+
+def test_selftest_exited_threads_count_as_arrived(lib):
+    out = torch.zeros(128, dtype=torch.int32)
+    _check(lib, lib.selftest_early_exit(_ptr(out)))
+    assert torch.equal(out, torch.cat([torch.full((64,), 2, dtype=torch.int32), torch.zeros(64, dtype=torch.int32)]))
+
+
+def test_selftest_divergent_collective(lib):
+    out = torch.zeros(32, dtype=torch.int32)
+    assert lib.selftest_divergent_collective(_ptr(out)) == LAUNCH_FAILURE
+    assert "divergent collective" in lib.simt_message().decode()
+
+
+def test_selftest_collective_after_lanes_exited(lib):
+    out = torch.zeros(32, dtype=torch.int32)
+    assert lib.selftest_exited_lanes(_ptr(out)) == LAUNCH_FAILURE
+    assert "exited" in lib.simt_message().decode()
+
+
+def test_selftest_unwritten_shared_memory_is_poisoned(lib):
+    out = torch.zeros(64)
+    _check(lib, lib.selftest_unwritten_shared(_ptr(out)))
+    assert torch.equal(out[:32], torch.ones(32))
+    assert torch.isnan(out[32:]).all()
+
+
+def test_selftest_dynamic_shared_memory_opt_in(lib):
+    small = torch.rand(1000, dtype=torch.float64)  # 8000 B: no opt-in needed
+    out = torch.zeros(1, dtype=torch.float64)
+    _check(lib, lib.selftest_dynamic_smem(_ptr(small), 1000, _ptr(out), 0))
+    assert out.item() == pytest.approx(small.sum().item(), rel=1e-12)
+    big = torch.rand(7000, dtype=torch.float64)  # 56000 B > 48 KB
+    assert lib.selftest_dynamic_smem(_ptr(big), 7000, _ptr(out), 0) == INVALID_VALUE  # refused without opt-in
+    _check(lib, lib.selftest_dynamic_smem(_ptr(big), 7000, _ptr(out), 1))
+    assert out.item() == pytest.approx(big.sum().item(), rel=1e-12)
+    huge = torch.rand(30000, dtype=torch.float64)  # 240000 B > the 227 KB opt-in limit
+    assert lib.selftest_dynamic_smem(_ptr(huge), 30000, _ptr(out), 1) == INVALID_VALUE
+
+
+def test_translate_counts_every_launch():
+    from simt import build
+
+    out = build.translate("k<T, 2><<<dim3(1, 2), 64, 0, s>>>(a,\n b);\nq<<<1, 32>>>();")
+    assert out.count("::simt::launch(") == 2 and "<<<" not in out
+    with pytest.raises(build.SimtUnavailable):
+        build.translate("auto f = &k; f<<<1, 1>>>(x)")  # a launch the rewrite does not understand
+
+
+# --------------------------------------------------------------------------- kmeans
+KMEANS_CASES = [  # B, n, d, k, iters
+    (1, 1, 3, 1, 1), (2, 2, 5, 2, 3), (2, 50, 24, 8, 10), (3, 197, 40, 11, 3), (1, 577, 17, 16, 3), (2, 1025, 64, 8, 2),
+]
+
+
+def _run_kmeans(lib, x, init, iters, rownorm=None):
+    B, n, d = x.shape
+    k = init.shape[1]
+    cdt = torch.float64 if rownorm is not None else x.dtype
+    xg = Guarded(x.shape, x.dtype, float("nan"), x)
+    c = Guarded(init.shape, cdt, -7.0, init.to(cdt))
+    a = Guarded((B, n), torch.int64, -7)
+    rn = None if rownorm is None else Guarded(rownorm.shape, torch.float64, float("nan"), rownorm)
+    rc = lib.simt_kmeans(int(x.dtype == torch.float64), _ptr(xg.t), I64(n * d), _ptr(None if rn is None else rn.t),
+                         I64(B), I64(n), I64(d), _ptr(c.t), I64(k), I64(iters), _ptr(a.t))
+    _check(lib, rc)
+    assert c.guards_intact() and a.guards_intact(), "kmeans wrote outside its outputs"
+    return c.t, a.t
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("B,n,d,k,iters", KMEANS_CASES)
+def test_kmeans_matches_python_ref(lib, dtype, B, n, d, k, iters):
+    g = torch.Generator().manual_seed(n * 31 + d)
+    x = torch.randn(B, n, d, generator=g).to(dtype)
+    perm = torch.randperm(n, generator=g)[:k]
+    init = x[:, perm].clone()
+    c, a = _run_kmeans(lib, x, init, iters)
+    c_ref, a_ref = ref.kmeans(x, init, iters)
+    assert torch.equal(a, a_ref)
+    tol = 2e-6 if dtype == torch.float32 else 1e-13
+    torch.testing.assert_close(c, c_ref, rtol=tol, atol=tol)
+
+
+def test_kmeans_rows_normalised_both_shared_memory_paths(lib):
+    """select's k-means: rows divided by their fp64 norm. d = 768, k = 8 in fp64 is 48 KB + 1
+    of centroids: one run takes the opted-in shared-memory path, the other (a device whose
+    opt-in limit is 48 KB) the global-memory one; both must equal the reference."""
+    g = torch.Generator().manual_seed(5)
+    B, n, d, k = 2, 70, 769, 8
+    for dtype in (torch.float32, torch.float64):
+        x = torch.randn(B, n, d, generator=g).to(dtype)
+        x[0, 3] = x[0, 9]  # a duplicated token: exact distance ties
+        xd = x.double()
+        norm = torch.linalg.vector_norm(xd, 2, -1).clamp_min(1e-12)
+        feats = xd / norm[..., None]
+        init = feats[:, :k].clone()
+        c_ref, a_ref = ref.kmeans(feats, init, 4)
+        results = []
+        for optin in (227 * 1024, 48 * 1024):
+            lib.simt_set_smem_optin(optin)
+            try:
+                results.append(_run_kmeans(lib, x, init, 4, rownorm=norm))
+            finally:
+                lib.simt_set_smem_optin(227 * 1024)
+        for c, a in results:
+            assert torch.equal(a, a_ref)
+            torch.testing.assert_close(c, c_ref, rtol=1e-13, atol=1e-13)
+
+
+# --------------------------------------------------------------------------- select (steps 2, 4, 5)
+def _run_select(lib, tokens, ent, edge, keep_ratio, P, alpha, mode, clusters, iters, allocation):
+    B, N, C = tokens.shape
+    Q = ent.shape[2]
+    K = ref.budget(N, P, keep_ratio)
+    n = N - P
+    k = min(clusters, n)
+    tg = Guarded(tokens.shape, tokens.dtype, float("nan"), tokens)
+    eg = Guarded(ent.shape, ent.dtype, float("nan"), ent)
+    dg = None if edge is None else Guarded(edge.shape, edge.dtype, float("nan"), edge.to(ent.dtype))
+    ki = Guarded((B, P + K), torch.int64, -7)
+    pi = Guarded((B, n - K), torch.int64, -7)
+    ci = Guarded((B, N), torch.int32, -7)
+    rc = lib.simt_select_tokens(
+        int(tokens.dtype == torch.float64), _ptr(tg.t), int(ent.dtype == torch.float64), _ptr(eg.t),
+        _ptr(None if dg is None else dg.t), I64(B), I64(N), I64(C), I64(Q), I64(P), I64(K), I64(k), I64(iters),
+        F64(alpha), int(mode == "low"), {"ranked": 0, "proportional": 1}[allocation], _ptr(ki.t), _ptr(pi.t), _ptr(ci.t))
+    _check(lib, rc)
+    assert ki.guards_intact() and pi.guards_intact() and ci.guards_intact(), "select wrote outside its outputs"
+    return ki.t, pi.t, ci.t
+
+
+def _select_inputs(seed, B, N, C, Q, xdt, edt, ties=False):
+    g = torch.Generator().manual_seed(seed)
+    tokens = torch.randn(B, N, C, generator=g)
+    ent = torch.rand(B, N, Q, generator=g)
+    edge = torch.rand(B, N, generator=g)
+    if ties:  # duplicated tokens, quantised entropies and edges: ties in u, in distances and in splits
+        tokens[:, 1::3] = tokens[:, 0:1]
+        ent = (ent * 4).round() / 4
+        edge = (edge * 2).round() / 2
+    return tokens.to(xdt), ent.to(edt), edge.to(edt)
+
+
+DTYPES = [(torch.float32, torch.float32), (torch.float64, torch.float32), (torch.float32, torch.float64),
+          (torch.float64, torch.float64)]
+
+
+@pytest.mark.parametrize("xdt,edt", DTYPES, ids=["x32e32", "x64e32", "x32e64", "x64e64"])
+@pytest.mark.parametrize("N,P", [(1, 0), (2, 1), (2, 0), (50, 1), (197, 1), (197, 0)])
+@pytest.mark.parametrize("allocation", ["ranked", "proportional"])
+def test_select_matches_python_ref(lib, xdt, edt, N, P, allocation):
+    tokens, ent, edge = _select_inputs(N * 7 + P, 2, N, 24, 4, xdt, edt)
+    for keep_ratio, mode, alpha, use_edge in ((0.7, "low", 0.5, True), (0.3, "high", 0.3, False)):
+        e = edge if use_edge else None
+        got = _run_select(lib, tokens, ent, e, keep_ratio, P, alpha, mode, 8, 3, allocation)
+        want = ref.select_tokens(tokens, ent, e, keep_ratio, P, alpha, mode, 8, 3, allocation)
+        for a, b, name in zip(got, want, ("keep_idx", "prune_idx", "cluster_id")):
+            assert torch.equal(a, b), f"{name} differs (N={N}, keep_ratio={keep_ratio})"
+
+
+@pytest.mark.parametrize("allocation", ["ranked", "proportional"])
+@pytest.mark.parametrize("case", ["ties", "more_clusters", "large"])
+def test_select_edge_cases_match_python_ref(lib, allocation, case):
+    if case == "ties":  # exact ties everywhere; 10 iterations as in the spec
+        B, N, C, P, clusters, iters, kr = 3, 50, 12, 1, 8, 10, 0.5
+        tokens, ent, edge = _select_inputs(11, B, N, C, 3, torch.float32, torch.float32, ties=True)
+    elif case == "more_clusters":  # clusters > K: the K best representatives; 2 register chunks of centroids
+        B, N, C, P, clusters, iters, kr = 2, 40, 9, 1, 12, 3, 0.2
+        tokens, ent, edge = _select_inputs(12, B, N, C, 4, torch.float32, torch.float32)
+    else:  # the largest awkward size, one image
+        B, N, C, P, clusters, iters, kr = 1, 1025, 16, 1, 8, 3, 0.55
+        tokens, ent, edge = _select_inputs(13, B, N, C, 4, torch.float32, torch.float32)
+    got = _run_select(lib, tokens, ent, edge, kr, P, 0.5, "low", clusters, iters, allocation)
+    want = ref.select_tokens(tokens, ent, edge, kr, P, 0.5, "low", clusters, iters, allocation)
+    for a, b, name in zip(got, want, ("keep_idx", "prune_idx", "cluster_id")):
+        assert torch.equal(a, b), f"{name} differs"
+
+
+@pytest.mark.parametrize("B,N,C,dtype", [(8, 1025, 768, torch.float32), (1, 4097, 1024, torch.float32),
+                                         (2, 1025, 768, torch.float64)],
+                         ids=["vit_b_512_batch8", "vit_l_1024", "vit_b_fp64"])
+def test_select_at_benchmark_shapes(lib, B, N, C, dtype):
+    """The shapes of gpu_check.sh's e2e rows (ViT-B/16 at 512x512, ViT-L/16 at 1024x1024): the
+    grid sizes, points per block and shared-memory paths the GPU run will take (k*d*8 bytes of
+    fp64 centroids: 48 KB at d = 768, 64 KB at d = 1024, both above the 48 KB default)."""
+    tokens, ent, edge = _select_inputs(B + N, B, N, C, 4, dtype, torch.float32)
+    got = _run_select(lib, tokens, ent, edge, 0.7, 1, 0.3, "high", 8, 3, "proportional")
+    want = ref.select_tokens(tokens, ent, edge, 0.7, 1, 0.3, "high", 8, 3, "proportional")
+    for a, b, name in zip(got, want, ("keep_idx", "prune_idx", "cluster_id")):
+        assert torch.equal(a, b), f"{name} differs"
