@@ -4,10 +4,12 @@ must agree exactly with python_ref: the same launchers and launch sequence that
 
 The emulator runs each block's threads as fibers and checks what CUDA leaves undefined:
 barriers in divergent code, warp collectives that not all lanes reach, dynamic shared
-memory above 48 KB without opt-in, reads of unwritten shared memory (poisoned). The
-self-tests at the top show each check fires. What it cannot show: speed, memory ordering
-between concurrent blocks, and out-of-bounds reads (buffers carry guard zones instead:
-writes past either end are caught, reads of NaN guards corrupt the results).
+memory above 48 KB without opt-in, reads of unwritten shared memory (poisoned), results
+that depend on the order threads run in (races). The self-tests at the top show each
+check fires. Buffers carry guard zones (writes past either end are caught, reads of NaN
+guards corrupt the results); the memcheck build at the bottom runs the kernels under
+AddressSanitizer + UBSan on exact-size buffers. What it cannot show: speed, and memory
+ordering between concurrent blocks.
 """
 
 from __future__ import annotations
@@ -39,6 +41,18 @@ def lib():
     lib = build.load()
     yield lib
     lib.simt_set_smem_optin(227 * 1024)
+    lib.simt_set_schedule(0, 1)
+
+
+SCHEDULES = {"ascending": (0, 1), "descending": (1, 1), "shuffled": (2, 7)}
+
+
+@pytest.fixture
+def schedule(lib, request):
+    """Resume each block's threads in the given order (tests/simt/simt.cc); back to ascending after."""
+    lib.simt_set_schedule(*SCHEDULES[request.param])
+    yield request.param
+    lib.simt_set_schedule(0, 1)
 
 
 def _ptr(t):
@@ -89,6 +103,17 @@ def test_selftest_exited_threads_count_as_arrived(lib):
     out = torch.zeros(128, dtype=torch.int32)
     _check(lib, lib.selftest_early_exit(_ptr(out)))
     assert torch.equal(out, torch.cat([torch.full((64,), 2, dtype=torch.int32), torch.zeros(64, dtype=torch.int32)]))
+
+
+def test_selftest_race_shows_as_a_schedule_dependent_result(lib):
+    results = []
+    for mode, seed in SCHEDULES.values():
+        lib.simt_set_schedule(mode, seed)
+        out = torch.zeros(64, dtype=torch.int32)
+        _check(lib, lib.selftest_racy(_ptr(out)))
+        results.append(out)
+    lib.simt_set_schedule(0, 1)
+    assert not torch.equal(results[0], results[1]) and not torch.equal(results[0], results[2])
 
 
 def test_selftest_divergent_collective(lib):
@@ -244,9 +269,12 @@ def test_select_matches_python_ref(lib, xdt, edt, N, P, allocation):
             assert torch.equal(a, b), f"{name} differs (N={N}, keep_ratio={keep_ratio})"
 
 
+@pytest.mark.parametrize("schedule", list(SCHEDULES), indirect=True)
 @pytest.mark.parametrize("allocation", ["ranked", "proportional"])
 @pytest.mark.parametrize("case", ["ties", "more_clusters", "large"])
-def test_select_edge_cases_match_python_ref(lib, allocation, case):
+def test_select_edge_cases_match_python_ref(lib, schedule, allocation, case):
+    """Also with the threads of each block resumed in descending and shuffled order: the
+    same indices whatever the interleaving (no data race between threads decides them)."""
     if case == "ties":  # exact ties everywhere; 10 iterations as in the spec
         B, N, C, P, clusters, iters, kr = 3, 50, 12, 1, 8, 10, 0.5
         tokens, ent, edge = _select_inputs(11, B, N, C, 3, torch.float32, torch.float32, ties=True)
@@ -274,3 +302,37 @@ def test_select_at_benchmark_shapes(lib, B, N, C, dtype):
     want = ref.select_tokens(tokens, ent, edge, 0.7, 1, 0.3, "high", 8, 3, "proportional")
     for a, b, name in zip(got, want, ("keep_idx", "prune_idx", "cluster_id")):
         assert torch.equal(a, b), f"{name} differs"
+
+
+# --------------------------------------------------------------------------- memcheck on the CPU
+@pytest.fixture(scope="module")
+def memcheck():
+    from simt import build
+
+    try:
+        return build.build_memcheck()
+    except build.SimtUnavailable as e:
+        pytest.skip(str(e))
+
+
+def _run_memcheck(exe, *args):
+    import os
+    import subprocess
+
+    env = dict(os.environ, ASAN_OPTIONS="detect_leaks=0:abort_on_error=0", UBSAN_OPTIONS="print_stacktrace=1")
+    return subprocess.run([str(exe), *args], capture_output=True, text=True, env=env, timeout=600)
+
+
+def test_memcheck_select_and_kmeans(memcheck):
+    """Every select / kmeans case of memcheck_main.cc (the awkward sizes, ties, clusters > K,
+    both shared-memory paths, ViT-B's shape) under AddressSanitizer + UBSan on exact-size
+    buffers: no out-of-bounds access, no undefined behaviour."""
+    r = _run_memcheck(memcheck)
+    assert r.returncode == 0, r.stderr[-6000:]
+    assert "memcheck OK" in r.stdout
+
+
+def test_memcheck_reports_an_out_of_bounds_read(memcheck):
+    r = _run_memcheck(memcheck, "--oob")
+    assert r.returncode != 0
+    assert "heap-buffer-overflow" in r.stderr and "oob_read_kernel" in r.stderr

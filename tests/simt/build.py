@@ -12,6 +12,10 @@ counted so that new syntax is noticed instead of silently skipped:
 the same rewrites. Then the sources, ``simt.cc`` and ``harness.cc`` are compiled with g++ (``-ffp-contract=off``:
 no fused multiply-add, like the explicit ``__d*_rn`` operations) into a library cached under
 ``build/simt/<hash of the inputs>/``.
+
+``build_memcheck()`` compiles the same sources with AddressSanitizer and
+UndefinedBehaviorSanitizer, plus ``memcheck_main.cc``, into an executable: the CPU's
+counterpart of compute-sanitizer's memcheck (buffers of exact size, every access checked).
 """
 
 from __future__ import annotations
@@ -27,7 +31,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
 CUDA_SOURCES = sorted((ROOT / "csrc").glob("*.cu")) + [HERE / "selftest.cu"]
-RUNTIME = [HERE / "simt.h", HERE / "simt.cc", HERE / "harness.cc", HERE / "cuda_runtime.h", HERE / "cuda_runtime_api.h"]
+RUNTIME = [HERE / "simt.h", HERE / "simt.cc", HERE / "harness.cc", HERE / "memcheck_main.cc", HERE / "cuda_runtime.h",
+           HERE / "cuda_runtime_api.h"]
 HEADERS = sorted((ROOT / "csrc").glob("*.h"))
 FLAGS = ["-std=c++17", "-O2", "-fPIC", "-ffp-contract=off", "-fno-strict-aliasing", "-Wall", "-Wno-unknown-pragmas",
          "-Wno-unused-function",
@@ -72,23 +77,25 @@ def _digest() -> str:
     return h.hexdigest()[:16]
 
 
-def build(cxx: str | None = None, out_root: Path | None = None) -> Path:
-    """Compile (once per input hash) and return the library's path."""
+SANITIZE = ["-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-fno-omit-frame-pointer", "-g"]
+
+
+def _compile(kind: str, extra: list, sources: list, output: str, cxx: str | None, out_root: Path | None) -> Path:
     cxx = cxx or os.environ.get("CXX") or shutil.which("g++")
     if not cxx:
         raise SimtUnavailable("simt: no C++ compiler (g++) found")
-    out = (out_root or ROOT / "build" / "simt") / _digest()
-    lib = out / "libsimt.so"
-    if lib.exists():
-        return lib
+    out = (out_root or ROOT / "build" / "simt") / f"{kind}-{_digest()}"
+    target = out / output
+    if target.exists():
+        return target
     tmp = out.with_name(out.name + f".tmp{os.getpid()}")
     tmp.mkdir(parents=True, exist_ok=True)
-    sources = [HERE / "simt.cc", HERE / "harness.cc"]
+    srcs = list(sources)
     for cu in CUDA_SOURCES:
         dst = tmp / (cu.stem + "_simt.cc")
-        dst.write_text(f'// generated from {cu.relative_to(ROOT)} by tests/simt/build.py\n#line 1 "{cu}"\n' + translate(cu.read_text()))
-        sources.append(dst)
-    cmd = [cxx, *FLAGS, f"-I{HERE}", f"-I{ROOT / 'csrc'}", "-shared", "-o", str(tmp / "libsimt.so"), *map(str, sources)]
+        dst.write_text(f'// generated from {cu.name} by tests/simt/build.py\n#line 1 "{cu}"\n' + translate(cu.read_text()))
+        srcs.append(dst)
+    cmd = [cxx, *FLAGS, *extra, f"-I{HERE}", f"-I{ROOT / 'csrc'}", "-o", str(tmp / output), *map(str, srcs)]
     r = subprocess.run(cmd, capture_output=True, text=True)
     if r.returncode != 0:
         raise RuntimeError(f"simt build failed:\n{' '.join(cmd)}\n{r.stderr[-6000:]}")
@@ -96,7 +103,24 @@ def build(cxx: str | None = None, out_root: Path | None = None) -> Path:
         tmp.rename(out)
     except OSError:  # another process built it first
         shutil.rmtree(tmp, ignore_errors=True)
-    return lib
+    return target
+
+
+def build(cxx: str | None = None, out_root: Path | None = None) -> Path:
+    """Compile (once per input hash) and return the library's path."""
+    return _compile("lib", ["-shared"], [HERE / "simt.cc", HERE / "harness.cc"], "libsimt.so", cxx, out_root)
+
+
+def build_memcheck(cxx: str | None = None, out_root: Path | None = None) -> Path:
+    """The sanitized executable (see memcheck_main.cc); raises SimtUnavailable when the
+    compiler cannot link the sanitizers."""
+    try:
+        return _compile("memcheck", SANITIZE, [HERE / "simt.cc", HERE / "harness.cc", HERE / "memcheck_main.cc"],
+                        "simt_memcheck", cxx, out_root)
+    except RuntimeError as e:
+        if "asan" in str(e).lower() or "ubsan" in str(e).lower():
+            raise SimtUnavailable(f"simt: the compiler cannot build with the sanitizers: {str(e)[-300:]}") from e
+        raise
 
 
 def load() -> ctypes.CDLL:

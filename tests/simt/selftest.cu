@@ -71,6 +71,12 @@ __global__ void unwritten_shared_kernel(float* out) {  // reads a shared slot no
   out[threadIdx.x] = buf[threadIdx.x];
 }
 
+__global__ void racy_kernel(int* out) {  // reads a neighbour's slot that it may have updated already
+  out[threadIdx.x] = 1;
+  __syncthreads();
+  out[threadIdx.x] += out[(threadIdx.x + 1) % blockDim.x];
+}
+
 __global__ void dynamic_smem_kernel(const double* x, int n, double* out) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
   double* s = reinterpret_cast<double*>(smem_raw);
@@ -102,6 +108,10 @@ int selftest_early_exit(int* out) {
   early_exit_kernel<<<1, 128>>>(out);
   return cudaGetLastError();
 }
+int selftest_racy(int* out) {
+  racy_kernel<<<1, 64>>>(out);
+  return cudaGetLastError();
+}
 int selftest_divergent_collective(unsigned* out) {
   divergent_collective_kernel<<<1, 32>>>(out);
   return cudaGetLastError();
@@ -125,4 +135,17 @@ int selftest_dynamic_smem(const double* x, int n, double* out, int opt_in) {
   dynamic_smem_kernel<<<1, 128, bytes>>>(x, n, out);
   return cudaGetLastError();
 }
+}
+
+namespace {
+__global__ void oob_read_kernel(const float* x, int n, float* out) {  // reads x[n]: one past the end
+  float s = 0.f;
+  for (int i = threadIdx.x; i <= n; i += blockDim.x) s += x[i];
+  out[threadIdx.x] = s;
+}
+}  // namespace
+
+extern "C" int selftest_oob_read(const float* x, int n, float* out) {  // for the memcheck build only
+  oob_read_kernel<<<1, 32>>>(x, n, out);
+  return cudaGetLastError();
 }

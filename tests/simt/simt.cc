@@ -13,6 +13,16 @@
 #error "simt: the fiber switch is written for x86-64"
 #endif
 
+// Under AddressSanitizer (the memcheck build, build.py) every stack switch is announced, so
+// ASan tracks which stack is live, and a reused fiber stack is unpoisoned.
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/asan_interface.h>
+#include <sanitizer/common_interface_defs.h>
+#define SIMT_ASAN 1
+#else
+#define SIMT_ASAN 0
+#endif
+
 // simt_switch(save, load): saves the callee-saved registers and the stack pointer of the
 // running context to *save, then resumes the context whose stack pointer is load.
 extern "C" void simt_switch(void** save_sp, void* load_sp);
@@ -80,6 +90,8 @@ struct Engine {
   bool failed = false;
   std::string message;
   uint64_t switches = 0, blocks = 0, launches = 0;
+  const void* sched_bottom = nullptr;  // the scheduler's stack (ASan only)
+  size_t sched_size = 0;
 };
 
 thread_local Engine E;
@@ -87,15 +99,32 @@ thread_local cudaError_t last_error = cudaSuccess;
 std::mutex attr_mu;
 std::map<const void*, int> attrs;  // kernel -> opted-in dynamic shared memory bytes
 int optin_bytes = 227 * 1024;      // Hopper's cudaDevAttrMaxSharedMemoryPerBlockOptin
+// The order in which each scheduling pass resumes a block's threads: 0 ascending, 1
+// descending, 2 a fresh pseudo-random permutation per pass (seeded). A result that depends
+// on it is a data race between threads (a missing barrier).
+int schedule_mode = 0;
+uint64_t schedule_seed = 1;
 
 unsigned linear_tid(const ThreadState& t) {
   return (t.tid.z * t.bdim.y + t.tid.y) * t.bdim.x + t.tid.x;
 }
 
-void yield_to_scheduler() {
-  Fiber* f = E.running;
-  ++E.switches;
+// A fiber hands control back to the scheduler; exiting: it will not be resumed.
+void to_scheduler(Fiber* f, bool exiting) {
+#if SIMT_ASAN
+  void* fake = nullptr;
+  __sanitizer_start_switch_fiber(exiting ? nullptr : &fake, E.sched_bottom, E.sched_size);
   simt_switch(&f->sp, E.sched_sp);
+  __sanitizer_finish_switch_fiber(fake, &E.sched_bottom, &E.sched_size);
+#else
+  (void)exiting;
+  simt_switch(&f->sp, E.sched_sp);
+#endif
+}
+
+void yield_to_scheduler() {
+  ++E.switches;
+  to_scheduler(E.running, false);
 }
 
 }  // namespace
@@ -103,10 +132,13 @@ void yield_to_scheduler() {
 
 extern "C" __attribute__((used)) void simt_fiber_entry() {
   using namespace simt;
+#if SIMT_ASAN
+  __sanitizer_finish_switch_fiber(nullptr, &E.sched_bottom, &E.sched_size);
+#endif
   Fiber* f = E.running;
   E.body(E.ctx);
   f->state = kDone;
-  simt_switch(&f->sp, E.sched_sp);
+  to_scheduler(f, true);
   __builtin_trap();  // a finished fiber is never resumed
 }
 
@@ -124,7 +156,7 @@ void fail(const char* what) {
   if (E.running != nullptr) {  // abandon this fiber; the scheduler stops the launch
     Fiber* f = E.running;
     f->state = kDone;
-    simt_switch(&f->sp, E.sched_sp);
+    to_scheduler(f, true);
     __builtin_trap();
   }
 }
@@ -191,6 +223,9 @@ void ensure_fibers(size_t nthreads) {
 }
 
 void start_fiber(Fiber& f) {
+#if SIMT_ASAN
+  __asan_unpoison_memory_region(f.mem + kGuard, kStack);  // frames left by an abandoned fiber
+#endif
   char* top = f.mem + kGuard + kStack;  // page aligned
   void** sp = reinterpret_cast<void**>(top - 64);
   for (int i = 0; i < 6; ++i) sp[i] = nullptr;  // r15 r14 r13 r12 rbx rbp
@@ -217,7 +252,7 @@ bool run_block(dim3 grid, dim3 block, uint3 bidx) {
   E.warps.resize(nw);
   ++E.block_gen;
   ++E.blocks;
-  std::memset(E.dyn.data(), 0xFF, E.dyn.size());
+  if (!E.dyn.empty()) std::memset(E.dyn.data(), 0xFF, E.dyn.size());
   for (unsigned t = 0; t < nt; ++t) {
     Fiber& f = E.fibers[t];
     f.ts.bid = bidx;
@@ -226,15 +261,31 @@ bool run_block(dim3 grid, dim3 block, uint3 bidx) {
     f.ts.tid = {t % block.x, (t / block.x) % block.y, t / (block.x * block.y)};
     start_fiber(f);
   }
+  std::vector<unsigned> order(nt);
+  for (unsigned t = 0; t < nt; ++t) order[t] = schedule_mode == 1 ? nt - 1 - t : t;
+  uint64_t state = schedule_seed * 0x9E3779B97F4A7C15ull + E.block_gen;
   for (;;) {
     bool progressed = false;
-    for (unsigned t = 0; t < nt && !E.failed; ++t) {
+    if (schedule_mode == 2)
+      for (unsigned t = nt; t > 1; --t) {  // Fisher-Yates with a 64-bit LCG
+        state = state * 6364136223846793005ull + 1442695040888963407ull;
+        std::swap(order[t - 1], order[(state >> 33) % t]);
+      }
+    for (unsigned o = 0; o < nt && !E.failed; ++o) {
+      const unsigned t = order[o];
       Fiber& f = E.fibers[t];
       if (f.state != kRunnable) continue;
       E.running = &f;
       cur = &f.ts;
       ++E.switches;
+#if SIMT_ASAN
+      void* fake = nullptr;
+      __sanitizer_start_switch_fiber(&fake, f.mem + kGuard, kStack);
       simt_switch(&E.sched_sp, f.sp);
+      __sanitizer_finish_switch_fiber(fake, nullptr, nullptr);
+#else
+      simt_switch(&E.sched_sp, f.sp);
+#endif
       E.running = nullptr;
       progressed = true;
     }
@@ -359,6 +410,10 @@ void launch_impl(const void* fn, void (*body)(void*), void* ctx, dim3 grid, dim3
 
 extern "C" {
 void simt_set_smem_optin(int bytes) { simt::optin_bytes = bytes; }
+void simt_set_schedule(int mode, uint64_t seed) {
+  simt::schedule_mode = mode;
+  simt::schedule_seed = seed;
+}
 int simt_smem_optin() { return simt::optin_bytes; }
 const char* simt_message() { return simt::E.message.c_str(); }
 void simt_stats(uint64_t* launches, uint64_t* blocks, uint64_t* switches) {

@@ -16,6 +16,9 @@
 //   * __shared__ arrays are function statics (blocks never overlap); static and dynamic
 //     shared memory is filled with 0xFF bytes (NaN, -1) at the start of each block, so a
 //     read of unwritten shared memory shows up in the results.
+//   * data races between a block's threads: the order in which threads are resumed can be
+//     ascending, descending or shuffled (simt_set_schedule); a result that changes with it
+//     reveals a missing barrier.
 // What it does not model: memory ordering between blocks or streams (launches are
 // synchronous), timing, and out-of-bounds global accesses (the tests surround every buffer
 // with guard zones instead). Used only by tests/test_cuda_simt.py; never part of the package.
