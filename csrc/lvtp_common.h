@@ -51,6 +51,21 @@ inline int64_t proportional_quota(const int64_t* sizes, int64_t k, int64_t m, in
   return (K * sizes[j]) / m + (rank < left ? 1 : 0);
 }
 
+#if defined(__CUDACC__)
+#define LVTP_HOST_DEVICE __host__ __device__
+#else
+#define LVTP_HOST_DEVICE
+#endif
+
+// The order in which u is ranked (step 5.1's initial centroids, 5.2, 5.3): torch.sort's,
+// where NaN sorts above every number. Equal values, NaNs included, are tied (callers break
+// ties by index). A total order even with NaN: the public ops refuse NaN, but inside a
+// patched model's forward (no value checks) a NaN entropy must still give a permutation of
+// ranks -- `a > b` alone is not an order on NaN, and ranks that collide leave slots unset
+// that later steps follow out of bounds.
+LVTP_HOST_DEVICE inline bool u_greater(double a, double b) { return (a != a && b == b) || a > b; }
+LVTP_HOST_DEVICE inline bool u_tied(double a, double b) { return !u_greater(a, b) && !u_greater(b, a); }
+
 // python_ref.ops.budget: K = max(1, floor(keep_ratio * (N - P) + 0.5)).
 inline int64_t budget(int64_t n_tokens, int64_t num_protected, double keep_ratio) {
   const double v = keep_ratio * static_cast<double>(n_tokens - num_protected) + 0.5;

@@ -446,7 +446,7 @@ void select_one(const double* x, const double* u, int64_t n, int64_t C, int64_t 
   // desc order of u, ties by lower index (torch.sort(descending=True, stable=True))
   std::vector<int64_t> desc(n);
   std::iota(desc.begin(), desc.end(), 0);
-  std::stable_sort(desc.begin(), desc.end(), [&](int64_t a, int64_t b) { return u[a] > u[b]; });
+  std::stable_sort(desc.begin(), desc.end(), [&](int64_t a, int64_t b) { return u_greater(u[a], u[b]); });
   std::vector<double> c(static_cast<size_t>(k * C));
   for (int64_t r = 0; r < k; ++r) {
     const int64_t t = desc[(r * n) / k];
@@ -460,7 +460,7 @@ void select_one(const double* x, const double* u, int64_t n, int64_t C, int64_t 
   // 5.2 per cluster: members by u ascending (ties by lower index) -> 2-means split.
   std::vector<int64_t> asc(n);
   std::iota(asc.begin(), asc.end(), 0);
-  std::stable_sort(asc.begin(), asc.end(), [&](int64_t a, int64_t b) { return u[a] < u[b]; });
+  std::stable_sort(asc.begin(), asc.end(), [&](int64_t a, int64_t b) { return u_greater(u[b], u[a]); });
   std::vector<int64_t> count(k + 1, 0);
   for (int64_t i = 0; i < n; ++i) ++count[assign[i] + 1];
   for (int64_t j = 0; j < k; ++j) count[j + 1] += count[j];  // segment starts

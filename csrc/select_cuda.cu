@@ -95,7 +95,8 @@ __global__ void __launch_bounds__(kThreads) row_norms_kernel(const T* __restrict
 
 // ----------------------------------------------------------------------------- ranks + init
 // Ranks: block (token chunk, image); thread t counts the tokens before it in descending
-// and ascending order of u (ties by index), streaming u through shared memory.
+// and ascending order of u (u_greater: NaN above every number; ties by index), streaming u
+// through shared memory. Every token gets a distinct rank, so the orders are permutations.
 __global__ void __launch_bounds__(kThreads) rank_kernel(const double* __restrict__ u, int64_t n,
                                                         int32_t* __restrict__ desc_order,
                                                         int32_t* __restrict__ asc_order) {
@@ -114,8 +115,9 @@ __global__ void __launch_bounds__(kThreads) rank_kernel(const double* __restrict
       for (int64_t s = 0; s < len; ++s) {
         const double us = tile[s];
         const bool before = (s0 + s) < t;
-        above += (us > ut) || (us == ut && before);
-        below += (us < ut) || (us == ut && before);
+        const bool tie_before = before && u_tied(us, ut);
+        above += u_greater(us, ut) || tie_before;
+        below += u_greater(ut, us) || tie_before;
       }
     }
   }

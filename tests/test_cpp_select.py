@@ -406,3 +406,21 @@ def test_select_tokens_batch_smaller_than_threads(n_tok, c, allocation):
         for t in range(3):
             got = torch.cat([one[0][t], one[1][t]])
             assert torch.equal(got, pair[t]) and torch.equal(got, want[t]), (t, allocation)
+
+
+@needs_cpp
+@pytest.mark.parametrize("allocation", ["ranked", "proportional"])
+def test_select_nan_entropy_gives_well_formed_indices(allocation):
+    """The C++ op ranks u in torch.sort's total order (NaN above every number): a NaN
+    entropy gives meaningless but well-formed indices (std::stable_sort with `a > b` on NaN
+    had no strict weak order: undefined behaviour). tests/test_cuda_simt.py checks that the
+    CUDA kernels give the same indices."""
+    tokens, ent, edge = _inputs(3, 2, 50, 12)
+    ent[0, 5, 1] = float("nan")
+    ent[1] = float("nan")
+    keep_idx, prune_idx, cluster_id = torch.ops.lvtp_cpp.select_tokens(tokens, ent, edge, 0.5, 1, 0.5, "low", 8, 3,
+                                                                      allocation)
+    for b in range(2):
+        kept, pruned = keep_idx[b].tolist(), prune_idx[b].tolist()
+        assert kept[0] == 0 and kept == sorted(set(kept)) and sorted(kept + pruned) == list(range(50))
+        assert cluster_id[b, 0] == -1 and bool(((cluster_id[b, 1:] >= 0) & (cluster_id[b, 1:] < 8)).all())

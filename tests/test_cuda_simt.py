@@ -336,3 +336,57 @@ def test_memcheck_reports_an_out_of_bounds_read(memcheck):
     r = _run_memcheck(memcheck, "--oob")
     assert r.returncode != 0
     assert "heap-buffer-overflow" in r.stderr and "oob_read_kernel" in r.stderr
+
+
+# --------------------------------------------------------------------------- non-finite values
+NONFINITE = ["ent_nan_one", "ent_nan_image", "edge_nan", "ent_inf", "tokens_nan", "tokens_inf"]
+
+
+def _nonfinite_inputs(case, B=2, N=50, C=12):
+    tokens, ent, edge = _select_inputs(17, B, N, C, 4, torch.float32, torch.float32)
+    if case == "ent_nan_one":
+        ent[0, 5, 1] = float("nan")
+    elif case == "ent_nan_image":
+        ent[1] = float("nan")
+    elif case == "edge_nan":
+        edge[1, 7] = float("nan")
+        edge[0, 9] = float("nan")
+    elif case == "ent_inf":
+        ent[0, 5, 1] = float("inf")
+    elif case == "tokens_nan":
+        tokens[0, 9, 3] = float("nan")
+    elif case == "tokens_inf":
+        tokens[1, 4, 0] = float("inf")
+    return tokens, ent, edge
+
+
+def assert_well_formed(keep_idx, prune_idx, cluster_id, N, P, k):
+    for b in range(keep_idx.shape[0]):
+        kept, pruned = keep_idx[b].tolist(), prune_idx[b].tolist()
+        assert kept[:P] == list(range(P)) and kept == sorted(set(kept)) and pruned == sorted(set(pruned))
+        assert sorted(kept + pruned) == list(range(N))
+        cid = cluster_id[b]
+        assert bool((cid[:P] == -1).all()) and bool(((cid[P:] >= 0) & (cid[P:] < k)).all())
+
+
+@pytest.mark.parametrize("allocation", ["ranked", "proportional"])
+@pytest.mark.parametrize("case", NONFINITE)
+def test_select_nonfinite_values_give_well_formed_indices(lib, case, allocation):
+    """Inside a patched model's forward the ops' value checks are off, so a NaN entropy
+    (say, an fp16 overflow upstream) reaches the kernels. The results are meaningless but
+    must stay well-formed: a NaN u once gave two tokens the same rank, and the unset rank
+    slot sent the finish kernel out of bounds (found here, by the guard zones). u is now
+    ranked in torch.sort's total order (NaN above every number), on CUDA and on the CPU,
+    so both give the same indices whenever the tokens themselves are finite."""
+    from ext_marks import HAVE_CPP
+
+    tokens, ent, edge = _nonfinite_inputs(case)
+    B, N, _ = tokens.shape
+    got = _run_select(lib, tokens, ent, edge, 0.5, 1, 0.5, "low", 8, 3, allocation)
+    assert_well_formed(*got, N, 1, 8)
+    if HAVE_CPP:
+        cpu = torch.ops.lvtp_cpp.select_tokens(tokens, ent, edge, 0.5, 1, 0.5, "low", 8, 3, allocation)
+        assert_well_formed(*cpu, N, 1, 8)
+        if torch.isfinite(tokens).all():
+            for a, b, name in zip(got, cpu, ("keep_idx", "prune_idx", "cluster_id")):
+                assert torch.equal(a, b), f"{name}: CUDA (emulated) and CPU differ"

@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
+#include <algorithm>
 #include <random>
 #include <vector>
 
@@ -53,7 +54,7 @@ void report(const char* what, int rc) {
 
 template <typename XT, typename ET>
 void select_case(int64_t B, int64_t N, int64_t C, int64_t P, int64_t clusters, int64_t iters, double keep, int alloc,
-                 bool edge, bool ties) {
+                 bool edge, bool ties, int nan = 0) {
   const int64_t Q = 4, n = N - P, K = lvtp::budget(N, P, keep), k = clusters < n ? clusters : n;
   auto x = randn<XT>(static_cast<size_t>(B * N * C));
   if (ties)
@@ -61,6 +62,9 @@ void select_case(int64_t B, int64_t N, int64_t C, int64_t P, int64_t clusters, i
       for (int64_t i = 1; i < N; i += 3) std::memcpy(&x[(b * N + i) * C], &x[b * N * C], sizeof(XT) * C);
   auto ent = rand01<ET>(static_cast<size_t>(B * N * Q), ties ? 4 : 0);
   auto ed = rand01<ET>(static_cast<size_t>(B * N), ties ? 2 : 0);
+  if (nan == 1) ent[5] = static_cast<ET>(NAN);                                   // one NaN entropy
+  if (nan == 2) std::fill(ent.begin(), ent.end(), static_cast<ET>(NAN));          // every u NaN
+  if (nan == 3) x[C + 3] = static_cast<XT>(NAN);                                   // a NaN token
   std::vector<int64_t> ki(static_cast<size_t>(B * (P + K))), pi(static_cast<size_t>(B * (n - K)));
   std::vector<int32_t> ci(static_cast<size_t>(B * N));
   const int rc = simt_select_tokens(sizeof(XT) == 8, x.data(), sizeof(ET) == 8, ent.data(), edge ? ed.data() : nullptr,
@@ -129,6 +133,11 @@ int main(int argc, char** argv) {
   select_case<double, float>(2, 40, 9, 1, 12, 3, 0.2, 1, true, false);
   select_case<float, float>(1, 1025, 768, 1, 8, 3, 0.7, 1, true, false);  // ViT-B/16 at 512x512, one image
   cases += 3;
+  for (int nan : {1, 2, 3})
+    for (int alloc : {0, 1}) {  // non-finite values (no value checks inside a patched model)
+      select_case<float, float>(2, 50, 12, 1, 8, 3, 0.5, alloc, true, false, nan);
+      ++cases;
+    }
   kmeans_case<float>(2, 50, 24, 8, 10, false);
   kmeans_case<double>(1, 577, 17, 16, 3, false);
   kmeans_case<float>(2, 70, 769, 8, 2, true);  // > 48 KB of fp64 centroids: the opted-in path
