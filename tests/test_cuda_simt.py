@@ -245,10 +245,19 @@ def _select_inputs(seed, B, N, C, Q, xdt, edt, ties=False):
     tokens = torch.randn(B, N, C, generator=g)
     ent = torch.rand(B, N, Q, generator=g)
     edge = torch.rand(B, N, generator=g)
-    if ties:  # duplicated tokens, quantised entropies and edges: ties in u, in distances and in splits
-        tokens[:, 1::3] = tokens[:, 0:1]
-        ent = (ent * 4).round() / 4
-        edge = (edge * 2).round() / 2
+    if ties:
+        # Ties that every backend sees bit for bit: duplicated entropy and edge rows give
+        # equal u (ties in the ranks, the initial centroids and the 2-means splits). Not
+        # ties that only exact arithmetic has: duplicated *tokens* (the mean of m copies of
+        # a normalised row is that row only up to a rounding that depends on the summation
+        # order) or quantised entropies (two orders of equal spread give equal dynamic
+        # weights, and rows (a, b, 0), (a, 0, b) tie before rounding). There every backend
+        # that sums in another order than torch -- the C++ op included -- can differ from
+        # python_ref (docs/design.md).
+        ent[:, 1::3] = ent[:, 0:1]
+        edge[:, 1::3] = edge[:, 0:1]
+        if N > 5:
+            ent[:, 5] = ent[:, 2]
     return tokens.to(xdt), ent.to(edt), edge.to(edt)
 
 
@@ -393,7 +402,7 @@ def test_select_nonfinite_values_give_well_formed_indices(lib, case, allocation)
 
 
 # --------------------------------------------------------------------------- property-based
-from hypothesis import given, settings  # noqa: E402
+from hypothesis import given  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 
@@ -410,11 +419,11 @@ def _select_problems(draw):
     )
 
 
-@settings(max_examples=60)
 @given(p=_select_problems())
 def test_fuzz_select_matches_python_ref(lib, p):
     """Random shapes, budgets, cluster counts, options and dtypes, with and without exact
-    ties: the emulated CUDA select equals python_ref exactly."""
+    ties: the emulated CUDA select equals python_ref exactly. Examples per run: the
+    hypothesis profile's (conftest.py: 100 in CI, 4,800 with --hypothesis-profile=long)."""
     tokens, ent, edge = _select_inputs(p["seed"], p["B"], p["N"], p["C"], 3, *p["dtypes"], ties=p["ties"])
     e = edge if p["edge"] else None
     args = (p["keep"], p["P"], p["alpha"], p["mode"], p["clusters"], p["iters"], p["allocation"])
