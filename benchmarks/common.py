@@ -15,6 +15,8 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 
+from lvtp_kernels.bench import time_call_ms
+
 DEFAULT_CSV = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "bench.csv")
 
 
@@ -32,17 +34,7 @@ def time_ms(fn: Callable[[], object], device, warmup: int = 3, repeats: int = 20
     times: List[float] = []
     budget_end = time.perf_counter() + max_s
     for _ in range(repeats):
-        if device.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end))
-        else:
-            t0 = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t0) * 1e3)
+        times.append(time_call_ms(fn, device))
         if len(times) >= 3 and time.perf_counter() > budget_end:
             break
     return statistics.median(times)

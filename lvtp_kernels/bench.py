@@ -54,6 +54,20 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def time_call_ms(fn: Callable[[], object], device: torch.device) -> float:
+    """One call of ``fn()`` in ms: CUDA events on a GPU, a perf_counter on the CPU."""
+    if device.type == "cuda":
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        fn()
+        b.record()
+        b.synchronize()
+        return a.elapsed_time(b)
+    t0 = time.perf_counter()
+    fn()
+    return (time.perf_counter() - t0) * 1e3
+
+
 def median_ms(fn: Callable[[], object], device: torch.device, warmup: int, repeats: int, max_s: float) -> float:
     """Median time of ``fn()`` in ms after ``warmup`` calls: CUDA events on a GPU, a
     synchronised perf_counter on the CPU; stops early (at least 5 runs) after ``max_s``."""
@@ -63,17 +77,7 @@ def median_ms(fn: Callable[[], object], device: torch.device, warmup: int, repea
     times: List[float] = []
     end_by = time.perf_counter() + max_s
     for _ in range(repeats):
-        if device.type == "cuda":
-            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            a.record()
-            fn()
-            b.record()
-            b.synchronize()
-            times.append(a.elapsed_time(b))
-        else:
-            t0 = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t0) * 1e3)
+        times.append(time_call_ms(fn, device))
         if len(times) >= 5 and time.perf_counter() > end_by:
             break
     return statistics.median(times)
@@ -131,17 +135,7 @@ def measure_interleaved(fns: Dict[str, Callable[[Tensor], Tensor]], x: Tensor, g
         end_by = time.perf_counter() + max_s
         for r in range(repeats):
             for name, (call, _, _, _) in prepared.items():
-                if dev.type == "cuda":
-                    a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                    a.record()
-                    call()
-                    b.record()
-                    b.synchronize()
-                    times[name].append(a.elapsed_time(b))
-                else:
-                    t0 = time.perf_counter()
-                    call()
-                    times[name].append((time.perf_counter() - t0) * 1e3)
+                times[name].append(time_call_ms(call, dev))
             if r >= 4 and time.perf_counter() > end_by:
                 break
     out = {name: Timed(statistics.median(times[name]), prepared[name][1], prepared[name][2]) for name in fns}
