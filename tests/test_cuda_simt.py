@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import ctypes
 import math
+import os
 import platform
 import shutil
+import subprocess
 
 import pytest
 import torch
@@ -87,16 +89,16 @@ def test_selftest_correct_reduction(lib):
     assert out.item() == pytest.approx(x.double().sum().item(), rel=1e-6)
 
 
-def test_selftest_divergent_barrier(lib):
-    out = torch.zeros(128, dtype=torch.int32)
-    assert lib.selftest_divergent_barrier(_ptr(out)) == LAUNCH_FAILURE
-    assert "divergent barrier" in lib.simt_message().decode()
-
-
-def test_selftest_deadlock(lib):
-    out = torch.zeros(64, dtype=torch.int32)
-    assert lib.selftest_deadlock(_ptr(out)) == LAUNCH_FAILURE
-    assert "deadlock" in lib.simt_message().decode()
+@pytest.mark.parametrize("kernel,threads,message", [
+    ("selftest_divergent_barrier", 128, "divergent barrier"),
+    ("selftest_deadlock", 64, "deadlock"),
+    ("selftest_divergent_collective", 32, "divergent collective"),
+    ("selftest_exited_lanes", 32, "exited"),
+])
+def test_selftest_undefined_behaviour_is_reported(lib, kernel, threads, message):
+    out = torch.zeros(threads, dtype=torch.int32)
+    assert getattr(lib, kernel)(_ptr(out)) == LAUNCH_FAILURE
+    assert message in lib.simt_message().decode()
 
 
 def test_selftest_exited_threads_count_as_arrived(lib):
@@ -114,18 +116,6 @@ def test_selftest_race_shows_as_a_schedule_dependent_result(lib):
         results.append(out)
     lib.simt_set_schedule(0, 1)
     assert not torch.equal(results[0], results[1]) and not torch.equal(results[0], results[2])
-
-
-def test_selftest_divergent_collective(lib):
-    out = torch.zeros(32, dtype=torch.int32)
-    assert lib.selftest_divergent_collective(_ptr(out)) == LAUNCH_FAILURE
-    assert "divergent collective" in lib.simt_message().decode()
-
-
-def test_selftest_collective_after_lanes_exited(lib):
-    out = torch.zeros(32, dtype=torch.int32)
-    assert lib.selftest_exited_lanes(_ptr(out)) == LAUNCH_FAILURE
-    assert "exited" in lib.simt_message().decode()
 
 
 def test_selftest_unwritten_shared_memory_is_poisoned(lib):
@@ -325,9 +315,6 @@ def memcheck():
 
 
 def _run_memcheck(exe, *args):
-    import os
-    import subprocess
-
     env = dict(os.environ, ASAN_OPTIONS="detect_leaks=0:abort_on_error=0", UBSAN_OPTIONS="print_stacktrace=1")
     return subprocess.run([str(exe), *args], capture_output=True, text=True, env=env, timeout=600)
 

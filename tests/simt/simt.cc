@@ -89,7 +89,6 @@ struct Engine {
   std::map<void*, uint64_t> poisoned;
   bool failed = false;
   std::string message;
-  uint64_t switches = 0, blocks = 0, launches = 0;
   const void* sched_bottom = nullptr;  // the scheduler's stack (ASan only)
   size_t sched_size = 0;
 };
@@ -123,7 +122,6 @@ void to_scheduler(Fiber* f, bool exiting) {
 }
 
 void yield_to_scheduler() {
-  ++E.switches;
   to_scheduler(E.running, false);
 }
 
@@ -251,7 +249,6 @@ bool run_block(dim3 grid, dim3 block, uint3 bidx) {
   const unsigned nw = (nt + 31u) / 32u;
   E.warps.resize(nw);
   ++E.block_gen;
-  ++E.blocks;
   if (!E.dyn.empty()) std::memset(E.dyn.data(), 0xFF, E.dyn.size());
   for (unsigned t = 0; t < nt; ++t) {
     Fiber& f = E.fibers[t];
@@ -277,7 +274,6 @@ bool run_block(dim3 grid, dim3 block, uint3 bidx) {
       if (f.state != kRunnable) continue;
       E.running = &f;
       cur = &f.ts;
-      ++E.switches;
 #if SIMT_ASAN
       void* fake = nullptr;
       __sanitizer_start_switch_fiber(&fake, f.mem + kGuard, kStack);
@@ -390,7 +386,6 @@ void launch_impl(const void* fn, void (*body)(void*), void* ctx, dim3 grid, dim3
       return;
     }
   }
-  ++E.launches;
   ensure_fibers(nt);
   E.dyn.assign(smem, 0xFF);
   E.body = body;
@@ -416,16 +411,4 @@ void simt_set_schedule(int mode, uint64_t seed) {
 }
 int simt_smem_optin() { return simt::optin_bytes; }
 const char* simt_message() { return simt::E.message.c_str(); }
-void simt_stats(uint64_t* launches, uint64_t* blocks, uint64_t* switches) {
-  *launches = simt::E.launches;
-  *blocks = simt::E.blocks;
-  *switches = simt::E.switches;
-}
-void simt_clear() {
-  simt::E.message.clear();
-  simt::E.failed = false;
-  simt::last_error = cudaSuccess;
-  std::lock_guard<std::mutex> g(simt::attr_mu);
-  simt::attrs.clear();
-}
 }

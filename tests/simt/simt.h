@@ -20,8 +20,9 @@
 //     ascending, descending or shuffled (simt_set_schedule); a result that changes with it
 //     reveals a missing barrier.
 // What it does not model: memory ordering between blocks or streams (launches are
-// synchronous), timing, and out-of-bounds global accesses (the tests surround every buffer
-// with guard zones instead). Used only by tests/test_cuda_simt.py; never part of the package.
+// synchronous) and timing. Out-of-bounds global accesses: the tests surround buffers with
+// guard zones, and the memcheck build (build.py) runs everything under AddressSanitizer.
+// Used only by tests/test_cuda_simt.py; never part of the package.
 #pragma once
 
 #include <cmath>
@@ -76,7 +77,6 @@ void fail(const char* what);
 }  // namespace simt
 
 inline cudaError_t cudaGetLastError() { return simt::get_last_error(); }
-inline cudaError_t cudaPeekAtLastError() { return cudaSuccess; }
 inline const char* cudaGetErrorString(cudaError_t e) {
   switch (e) {
     case cudaSuccess: return "no error";
@@ -153,32 +153,34 @@ inline unsigned lane_id() {
   const uint3 t = cur->tid, d = cur->bdim;
   return ((t.z * d.y + t.y) * d.x + t.x) % 32u;
 }
+
+// One full-mask shuffle: every lane's value, after the checks all shuffles share.
+template <typename T>
+inline void shuffle_all(const char* name, unsigned mask, T v, int width, int kind, int line, uint64_t* all) {
+  check_mask(mask);
+  if (width != 32) fail(name);
+  warp_exchange(to_bits(v), kind, line, all);
+}
 }  // namespace simt
 
 template <typename T>
 T __shfl_down_sync(unsigned mask, T v, unsigned delta, int width = 32, int line = __builtin_LINE()) {
-  simt::check_mask(mask);
-  if (width != 32) simt::fail("__shfl_down_sync: width != 32 (not emulated)");
   uint64_t all[32];
-  simt::warp_exchange(simt::to_bits(v), simt::kShflDown, line, all);
+  simt::shuffle_all("__shfl_down_sync: width != 32 (not emulated)", mask, v, width, simt::kShflDown, line, all);
   const unsigned l = simt::lane_id();
   return simt::from_bits<T>(l + delta < 32u ? all[l + delta] : all[l]);
 }
 template <typename T>
 T __shfl_xor_sync(unsigned mask, T v, int lane_mask, int width = 32, int line = __builtin_LINE()) {
-  simt::check_mask(mask);
-  if (width != 32) simt::fail("__shfl_xor_sync: width != 32 (not emulated)");
   uint64_t all[32];
-  simt::warp_exchange(simt::to_bits(v), simt::kShflXor, line, all);
+  simt::shuffle_all("__shfl_xor_sync: width != 32 (not emulated)", mask, v, width, simt::kShflXor, line, all);
   const unsigned src = simt::lane_id() ^ static_cast<unsigned>(lane_mask);
   return simt::from_bits<T>(src < 32u ? all[src] : all[simt::lane_id()]);
 }
 template <typename T>
 T __shfl_sync(unsigned mask, T v, int src_lane, int width = 32, int line = __builtin_LINE()) {
-  simt::check_mask(mask);
-  if (width != 32) simt::fail("__shfl_sync: width != 32 (not emulated)");
   uint64_t all[32];
-  simt::warp_exchange(simt::to_bits(v), simt::kShfl, line, all);
+  simt::shuffle_all("__shfl_sync: width != 32 (not emulated)", mask, v, width, simt::kShfl, line, all);
   return simt::from_bits<T>(all[static_cast<unsigned>(src_lane) % 32u]);
 }
 inline unsigned __ballot_sync(unsigned mask, int pred, int line = __builtin_LINE()) {
