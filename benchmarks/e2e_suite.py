@@ -20,6 +20,7 @@ import os
 import time
 
 import torch
+from tqdm.auto import tqdm
 
 from lvtp_kernels import bench
 
@@ -86,7 +87,9 @@ def main(argv=None) -> int:
     records, tables = [], []
     ceilings = {}
     t0 = time.time()
-    for arch, size, batch, dtype, methods in configs:
+    bar = tqdm(configs, desc="e2e suite", unit="config", dynamic_ncols=True)
+    for arch, size, batch, dtype, methods in bar:
+        bar.set_postfix_str(f"{arch} {size} b{batch} {dtype}")
         methods = args.methods or methods
         t1 = time.time()
         try:
@@ -95,7 +98,7 @@ def main(argv=None) -> int:
                                 classes=args.classes, breakdown=args.breakdown)
         except Exception as exc:  # noqa: BLE001 - one failed config must not lose the others
             msg = f"### {arch} {size} batch {batch} {dtype}: FAILED {type(exc).__name__}: {exc}"
-            print(msg, flush=True)
+            tqdm.write(msg)
             tables.append(msg)
             continue
         if "ceilings" in rec:
@@ -107,7 +110,7 @@ def main(argv=None) -> int:
         rec["seconds"] = time.time() - t1
         records.append(rec)
         tables.append(bench.format_table(rec))
-        print(tables[-1], flush=True)
+        tqdm.write(tables[-1])
         with open(os.path.join(args.out, "e2e.json"), "w") as f:
             json.dump(records, f, indent=1)
         with open(os.path.join(args.out, "e2e.md"), "w") as f:

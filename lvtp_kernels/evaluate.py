@@ -18,6 +18,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from python_ref.flops import ViTShape, active_stages, budget, vit_flops
 
@@ -27,7 +28,6 @@ from .data.camvid import CLASS_NAMES, NUM_CLASSES, SegSample, load_split
 from .data.metrics import ConfusionMatrix, boundary_mask
 from .models.patching import DEFAULTS
 from .models.vit import ViTSegmenter
-from .progress import Progress
 from .segment import prepare
 
 DEFAULT_METHODS = ("lvtp", "evit", "tome", "random")
@@ -96,7 +96,7 @@ def score_runner(run: Callable, samples: Sequence[SegSample], size, batch: int, 
     chunks = [samples[i : i + batch] for i in range(0, len(samples), batch)]
     with torch.no_grad():  # warm-up (first-call allocations, lazy init), not timed
         run(prepare(torch.stack([s.image for s in chunks[0]]), size))
-    for chunk in Progress(chunks, desc, enabled=progress, unit="batch"):
+    for chunk in tqdm(chunks, desc=desc, unit="batch", disable=not progress, dynamic_ncols=True):
         images = torch.stack([s.image for s in chunk])
         labels = torch.stack([s.label for s in chunk]).long()
         x = prepare(images, size)
