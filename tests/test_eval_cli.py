@@ -74,7 +74,7 @@ def model():
 
 @pytest.fixture(scope="module")
 def model_path(model, tmp_path_factory):
-    return export_fp16(model, model.cfg, str(tmp_path_factory.mktemp("ckpt") / "tiny.pt"))
+    return export_fp16(model, model.cfg, str(tmp_path_factory.mktemp("ckpt") / "tiny.safetensors"))
 
 
 @pytest.fixture(scope="module")
@@ -163,7 +163,7 @@ def test_markdown_table_rows(eval_result):
 def test_run_eval_from_a_checkpoint_path(data_dir, model_path, model):
     res = run_eval(data_dir, "val", model_path=model_path, reductions=[0.3], methods=["random"], limit=2,
                    progress=False, log=lambda s: None)
-    assert res["images"] == 2 and res["model"] == "tiny.pt"
+    assert res["images"] == 2 and res["model"] == "tiny.safetensors"
     assert res["baseline"]["gflops"] == pytest.approx(vit_flops(model.vit_shape(IMG)) / 1e9)
     assert [r["method"] for r in res["results"]] == ["random"]
     # scored with the checkpoint's (fp16-rounded) weights
@@ -253,7 +253,7 @@ def trained(data_dir, tmp_path_factory):
 
 def test_cli_train_reference_writes_log_and_checkpoints(trained):
     assert trained["rc2"] == 0
-    assert {"log.jsonl", "last.pt", "model.pt"} <= set(trained["files2"])
+    assert {"log.jsonl", "last.pt", "model.safetensors", "model.json"} <= set(trained["files2"])
     log = trained["log2"]
     assert [r["epoch"] for r in log] == [1, 2]
     for r in log:
@@ -272,24 +272,33 @@ def test_cli_train_reference_resumes(trained):
     assert ck["epoch"] == 3 and ck["hp"]["epochs"] == 3
 
 
-def test_model_pt_loads_as_reference_with_fp16_weights(trained):
+def test_model_safetensors_loads_as_reference_with_fp16_weights(trained):
+    from safetensors import safe_open
+
     out = trained["out"]
-    payload = torch.load(out / "model.pt", map_location="cpu", weights_only=False)
-    assert payload["format"] == "lvtp-reference-v1"
-    assert payload["config"]["stem"] == "conv" and payload["config"]["img_size"] == [64, 96]
-    assert payload["meta"]["train"]["epoch"] == 3
+    with safe_open(str(out / "model.safetensors"), framework="pt") as f:
+        meta = f.metadata()
+        saved_sd = {k: f.get_tensor(k) for k in f.keys()}
+    assert meta["format"] == "lvtp-reference-v2"
+    config = json.loads(meta["config"])
+    assert config["stem"] == "conv" and config["img_size"] == [64, 96]
+    assert json.loads(meta["meta"])["train"]["epoch"] == 3
+    side = json.loads((out / "model.json").read_text())
+    assert side["config"] == config and side["meta"]["train"]["epoch"] == 3
     last = torch.load(out / "last.pt", map_location="cpu", weights_only=False)["model"]
-    assert payload["state_dict"].keys() == last.keys()
+    assert saved_sd.keys() == last.keys()
     for k, v in last.items():
-        saved = payload["state_dict"][k]
+        saved = saved_sd[k]
         if v.is_floating_point():
             assert saved.dtype == torch.float16 and torch.equal(saved, v.half()), k
         else:
             assert torch.equal(saved, v), k
 
-    ref = load_reference(str(out / "model.pt"))
+    ref = load_reference(str(out / "model.safetensors"))
     trained_model = load_checkpoint(str(out / "last.pt"))  # the fp32 weights of the same epoch
-    assert not ref.training and ref.cfg.img_size == (64, 96) and ref._lvtp_source == "model.pt"
+    assert not ref.training and ref.cfg.img_size == (64, 96) and ref._lvtp_source == "model.safetensors"
+    by_folder = load_reference(str(out))  # a folder holding model.safetensors
+    assert all(torch.equal(p, q) for p, q in zip(ref.state_dict().values(), by_folder.state_dict().values()))
     assert next(ref.parameters()).dtype == torch.float32
     x = torch.randn(2, 3, 64, 96, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
@@ -331,8 +340,10 @@ def test_train_reference_interrupted_resume_is_exact(data_dir, tmp_path):
     assert any("resumed from" in m and "after epoch 2" in m for m in msgs)
     assert not any("different settings" in m for m in msgs)
     assert resumed["loss"] == full["loss"] and resumed["val_miou"] == full["val_miou"]
-    a = torch.load(tmp_path / "full" / "model.pt", weights_only=False)["state_dict"]
-    b = torch.load(tmp_path / "cut" / "model.pt", weights_only=False)["state_dict"]
+    from safetensors.torch import load_file
+
+    a = load_file(str(tmp_path / "full" / "model.safetensors"))
+    b = load_file(str(tmp_path / "cut" / "model.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
@@ -412,3 +423,45 @@ def test_drop_path():
     assert all(per_sample)
     dropped = sum(bool((y[i] == 0).all()) for i in range(64))
     assert 4 <= dropped <= 30  # ~16 of 64 dropped
+
+
+def test_checkpoints_of_either_format_load_the_same_model(model, model_path, tmp_path):
+    """A v1 torch file (weights_only), a safetensors file with its config in the metadata,
+    and one whose config is only in a config.json beside it give the same weights."""
+    from safetensors.torch import load_file, save_file
+
+    from lvtp_kernels.train import _config_dict
+
+    ref = load_checkpoint(model_path)
+    sd = load_file(model_path)
+    v1 = tmp_path / "old.pt"
+    torch.save({"format": "lvtp-reference-v1", "config": _config_dict(model.cfg), "state_dict": sd}, v1)
+    bare = tmp_path / "hub" / "model.safetensors"
+    bare.parent.mkdir()
+    save_file(sd, str(bare))  # no metadata: the config comes from config.json beside it
+    (bare.parent / "config.json").write_text(json.dumps(_config_dict(model.cfg)))
+    for other in (load_checkpoint(str(v1)), load_checkpoint(str(bare)), load_checkpoint(str(bare.parent))):
+        assert all(torch.equal(a, b) for a, b in zip(ref.state_dict().values(), other.state_dict().values()))
+
+
+@pytest.mark.parametrize("name,content,match", [
+    ("junk.safetensors", b"not a safetensors file", "not a readable safetensors file"),
+    ("junk.pt", b"not a pickle", "not a readable checkpoint"),
+])
+def test_corrupt_checkpoint_names_the_file(tmp_path, name, content, match):
+    bad = tmp_path / name
+    bad.write_bytes(content)
+    with pytest.raises(ValueError, match=match) as info:
+        load_checkpoint(str(bad))
+    assert name in str(info.value)
+
+
+def test_safetensors_without_config_names_the_file(model, tmp_path):
+    from safetensors.torch import save_file
+
+    bare = tmp_path / "w.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(bare))
+    with pytest.raises(ValueError, match="has no lvtp config"):
+        load_checkpoint(str(bare))
+    with pytest.raises(ValueError, match="export_fp16: path must end in .safetensors"):
+        export_fp16(model, model.cfg, str(tmp_path / "w.pt"))
