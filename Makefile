@@ -2,9 +2,9 @@
 VENV ?= .venv
 STAMP := $(VENV)/.lvtp-installed
 
-.PHONY: demo test info setup
+.PHONY: demo test test-main test-timm info setup
 
-$(STAMP): pyproject.toml setup.py requirements-dev.txt scripts/setup_env.sh $(wildcard csrc/*)
+$(STAMP): pyproject.toml setup.py requirements-dev.txt constraints-oldest.txt scripts/setup_env.sh $(wildcard csrc/*)
 	VENV=$(VENV) bash scripts/setup_env.sh
 
 setup: $(STAMP)
@@ -15,5 +15,11 @@ demo: $(STAMP)
 info: $(STAMP)
 	$(VENV)/bin/lvtp info
 
-test: $(STAMP)
+test: test-main test-timm
+
+test-main: $(STAMP)
 	$(VENV)/bin/python -m pytest -q
+
+# timm's adapter tests in a second venv (scripts/test_timm.sh: timm needs a CUDA torch's torchvision)
+test-timm: $(STAMP)
+	VENV=$(VENV) bash scripts/test_timm.sh

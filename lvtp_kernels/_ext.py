@@ -17,6 +17,7 @@ python_ref; one warning says why. ``status()`` reports what loaded, for ``lvtp i
 
 from __future__ import annotations
 
+import os
 import warnings
 from typing import Dict, Tuple
 
@@ -30,6 +31,12 @@ _STATUS: Dict[str, Tuple[bool, str]] = {}
 
 
 def _load() -> None:
+    if os.environ.get("LVTP_DISABLE_EXT", "0").strip() not in ("", "0"):
+        # e.g. a second venv with another torch beside an editable build of this one (the
+        # timm tests): the built .so files belong to the other torch's ABI
+        _STATUS["cpp"] = (False, "disabled by LVTP_DISABLE_EXT=1")
+        _STATUS["cuda"] = (False, "disabled by LVTP_DISABLE_EXT=1")
+        return
     try:
         from . import _C  # noqa: F401  (runs TORCH_LIBRARY(lvtp_cpp) / CPU impls)
 
