@@ -25,7 +25,7 @@ from python_ref.flops import ViTShape, active_stages, budget, vit_flops
 from . import flops as lflops
 from .baselines import METHODS, Method, make_runner, parse_method, release
 from .data.camvid import CLASS_NAMES, NUM_CLASSES, SegSample, load_split
-from .data.metrics import ConfusionMatrix, boundary_mask
+from .data.metrics import ConfusionMatrix, bootstrap_counts, boundary_mask, percentile_ci, resampled_miou
 from .models.patching import DEFAULTS
 from .models.vit import ViTSegmenter
 from .segment import prepare
@@ -41,6 +41,8 @@ class Scores:
     per_class: Dict[str, float]
     seconds: float
     images: int
+    per_image: Optional[Tensor] = None  # (images, C, C) confusion matrix of each image
+    per_image_boundary: Optional[Tensor] = None  # the same on the boundary band
 
     @property
     def images_per_s(self) -> float:
@@ -92,6 +94,7 @@ def method_gflops(model: ViTSegmenter, method: Method, schedule, img_hw: Tuple[i
 def score_runner(run: Callable, samples: Sequence[SegSample], size, batch: int, desc: str,
                  progress: bool = True) -> Scores:
     cm, cm_b = ConfusionMatrix(NUM_CLASSES), ConfusionMatrix(NUM_CLASSES)
+    per_image, per_image_b = [], []
     seconds = 0.0
     chunks = [samples[i : i + batch] for i in range(0, len(samples), batch)]
     with torch.no_grad():  # warm-up (first-call allocations, lazy init), not timed
@@ -107,9 +110,57 @@ def score_runner(run: Callable, samples: Sequence[SegSample], size, batch: int, 
         logits = torch.nn.functional.interpolate(logits.float(), size=labels.shape[-2:], mode="bilinear",
                                                  align_corners=False)
         pred = logits.argmax(1)
-        cm.update(pred, labels)
-        cm_b.update(pred, labels, boundary_mask(labels))
-    return Scores(cm.miou(), cm_b.miou(), cm.per_class(list(CLASS_NAMES)), seconds, len(samples))
+        band = boundary_mask(labels)
+        for j in range(pred.shape[0]):  # per image, for the bootstrap over images
+            one, one_b = ConfusionMatrix(NUM_CLASSES), ConfusionMatrix(NUM_CLASSES)
+            one.update(pred[j], labels[j])
+            one_b.update(pred[j], labels[j], band[j])
+            per_image.append(one.mat)
+            per_image_b.append(one_b.mat)
+            cm.mat += one.mat
+            cm_b.mat += one_b.mat
+    return Scores(cm.miou(), cm_b.miou(), cm.per_class(list(CLASS_NAMES)), seconds, len(samples),
+                  torch.stack(per_image), torch.stack(per_image_b))
+
+
+def bootstrap_intervals(out: dict, scores: Dict[Optional[Tuple[float, str]], Scores], resamples: int,
+                        level: float = 0.95, seed: int = 0) -> None:
+    """Adds percentile bootstrap intervals over images to ``run_eval``'s result, in place.
+
+    One set of resamples (``resamples`` draws of the images with replacement, fixed
+    ``seed``) serves every method, so each difference is a *paired* bootstrap: the
+    unpruned model's and a method's mIoU are computed on the same resampled images.
+    Adds ``miou_ci`` / ``boundary_miou_ci`` to the baseline and every result,
+    ``miou_drop_ci`` / ``boundary_miou_drop_ci`` to every result, and ``paired``: per
+    target budget, the first method minus each other one (positive: the first is better),
+    with its interval and a verdict that says "no difference" whenever the interval
+    contains zero. ``scores`` maps None to the unpruned scores and (reduction, method) to
+    each method's."""
+    counts = bootstrap_counts(out["images"], resamples, seed)
+    boot = {key: (resampled_miou(sc.per_image, counts), resampled_miou(sc.per_image_boundary, counts))
+            for key, sc in scores.items()}
+    base, base_b = boot[None]
+    out["bootstrap"] = {"resamples": resamples, "level": level, "seed": seed, "unit": "image"}
+    out["baseline"]["miou_ci"], out["baseline"]["boundary_miou_ci"] = percentile_ci(base, level), percentile_ci(base_b, level)
+    for r in out["results"]:
+        m, mb = boot[(float(r["target_reduction"]), r["method"])]
+        r["miou_ci"], r["boundary_miou_ci"] = percentile_ci(m, level), percentile_ci(mb, level)
+        r["miou_drop_ci"], r["boundary_miou_drop_ci"] = percentile_ci(base - m, level), percentile_ci(base_b - mb, level)
+    out["paired"] = []
+    methods = list(dict.fromkeys(r["method"] for r in out["results"]))
+    for red in sorted({float(r["target_reduction"]) for r in out["results"]}):
+        first = methods[0]
+        for other in methods[1:]:
+            a, ab = boot[(red, first)]
+            b, bb = boot[(red, other)]
+            row = {"target_reduction": red, "method": first, "versus": other}
+            for key, d, full in (("miou", a - b, scores[(red, first)].miou - scores[(red, other)].miou),
+                                 ("boundary_miou", ab - bb,
+                                  scores[(red, first)].boundary_miou - scores[(red, other)].boundary_miou)):
+                lo, hi = percentile_ci(d, level)
+                row[f"{key}_diff"], row[f"{key}_diff_ci"] = full, [lo, hi]
+                row[f"{key}_verdict"] = "better" if lo > 0 else "worse" if hi < 0 else "no difference"
+            out["paired"].append(row)
 
 
 def counted_gflops(run: Callable, image: Tensor) -> float:
@@ -128,7 +179,12 @@ def run_eval(
     batch: int = 8,
     progress: bool = True,
     log: Callable[[str], None] = print,
+    bootstrap: int = 1000,
+    level: float = 0.95,
 ) -> dict:
+    """Scores of the unpruned model and of each (method, reduction) on ``split`` (a list
+    name or a sequence selection, see ``data.camvid.read_pairs``); with ``bootstrap`` > 0
+    resamples, percentile intervals over images at ``level`` (``bootstrap_intervals``)."""
     from .models import load_reference
 
     if model is None:
@@ -141,6 +197,7 @@ def run_eval(
     probe = prepare(samples[0].image[None], size)
 
     base = score_runner(model, samples, size, batch, "unpruned", progress)
+    scores: Dict[Optional[Tuple[float, str]], Scores] = {None: base}
     base_gflops = vit_flops(model.vit_shape(size)) / 1e9
     base_counted = counted_gflops(model, probe)
     out = {
@@ -165,6 +222,7 @@ def run_eval(
                 counted = counted_gflops(runner, probe)
             finally:
                 release(model)
+            scores[(float(red), method.name)] = sc
             g = method_gflops(model, method, schedule, size)
             res = {
                 "method": method.name, "target_reduction": float(red), "reduction": 1.0 - g / base_gflops,
@@ -176,25 +234,51 @@ def run_eval(
             log(f"eval: {method.name:<20} target {red:.2f} achieved {res['reduction']:.3f} mIoU {sc.miou:.2f} "
                 f"(drop {res['miou_drop']:+.2f}) boundary {sc.boundary_miou:.2f} "
                 f"(drop {res['boundary_miou_drop']:+.2f}) {sc.images_per_s:.1f} img/s")
+    if bootstrap > 0:
+        bootstrap_intervals(out, scores, bootstrap, level)
     return out
+
+
+def _ci(r: dict, key: str) -> str:
+    ci = r.get(key)
+    return f" [{ci[0]:+.2f}, {ci[1]:+.2f}]" if ci else ""
+
+
+def _ci_plain(r: dict, key: str) -> str:
+    ci = r.get(key)
+    return f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else ""
 
 
 def markdown_table(res: dict) -> str:
     b = res["baseline"]
+    boot = res.get("bootstrap")
     lines = [
-        f"Split `{res['split']}`, {res['images']} images, model input {res['img_size'][0]}x{res['img_size'][1]}.",
+        f"Split `{res['split']}`, {res['images']} images, model input {res['img_size'][0]}x{res['img_size'][1]}."
+        + (f" Brackets: {100 * boot['level']:.0f} % bootstrap intervals over images ({boot['resamples']} resamples; "
+           "drops paired with the unpruned model on the same resamples)." if boot else ""),
         "",
         "| method | target | achieved | GFLOPs | mIoU | drop | boundary mIoU | drop | img/s |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
-        f"| unpruned | 0 | 0 | {b['gflops']:.3f} | {b['miou']:.2f} | - | {b['boundary_miou']:.2f} | - | "
-        f"{b['images_per_s']:.1f} |",
+        f"| unpruned | 0 | 0 | {b['gflops']:.3f} | {b['miou']:.2f}{_ci_plain(b, 'miou_ci')} | - | "
+        f"{b['boundary_miou']:.2f}{_ci_plain(b, 'boundary_miou_ci')} | - | {b['images_per_s']:.1f} |",
     ]
     for r in res["results"]:
         lines.append(
             f"| {r['method']} | {r['target_reduction']:.2f} | {r['reduction']:.3f} | {r['gflops']:.3f} | "
-            f"{r['miou']:.2f} | {r['miou_drop']:+.2f} | {r['boundary_miou']:.2f} | {r['boundary_miou_drop']:+.2f} | "
-            f"{r['images_per_s']:.1f} |"
+            f"{r['miou']:.2f} | {r['miou_drop']:+.2f}{_ci(r, 'miou_drop_ci')} | {r['boundary_miou']:.2f} | "
+            f"{r['boundary_miou_drop']:+.2f}{_ci(r, 'boundary_miou_drop_ci')} | {r['images_per_s']:.1f} |"
         )
+    if res.get("paired"):
+        lines += ["", "Paired differences at the same budget (positive: the first method is better; "
+                  "\"no difference\" when the interval contains 0):", "",
+                  "| target | methods | mIoU diff | verdict | boundary mIoU diff | verdict |",
+                  "|---:|---|---:|---|---:|---|"]
+        for p in res["paired"]:
+            lines.append(
+                f"| {p['target_reduction']:.2f} | {p['method']} - {p['versus']} | {p['miou_diff']:+.2f}"
+                f"{_ci(p, 'miou_diff_ci')} | {p['miou_verdict']} | {p['boundary_miou_diff']:+.2f}"
+                f"{_ci(p, 'boundary_miou_diff_ci')} | {p['boundary_miou_verdict']} |"
+            )
     return "\n".join(lines) + "\n"
 
 

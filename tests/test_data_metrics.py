@@ -374,3 +374,87 @@ def test_boundary_mask_matches_brute_force_and_batches():
     assert bool(band[4:17, 5:16].all()) and bool(band[5:16, 4:17].all())
     assert not bool(band[4, 4]) and not bool(band[16, 16]) and not bool(band[3, 10]) and not bool(band[10, 17])
     assert torch.equal(band, _brute_band(single, 5))
+
+
+# --------------------------------------------------------------------------- sequence-disjoint splits
+def _seq_lists(tmp_path):
+    """train: two frames of AAA and one of BBB; val: one of AAA and two of CCC."""
+    (tmp_path / "train.txt").write_text("t/AAA_1.png l/AAA_1.png\nt/AAA_2.png l/AAA_2.png\nt/BBB_1.png l/BBB_1.png\n")
+    (tmp_path / "val.txt").write_text("v/AAA_9.png l/AAA_9.png\nv/CCC_1.png l/CCC_1.png\nv/CCC_2.png l/CCC_2.png\n")
+    return str(tmp_path)
+
+
+def test_sequence_selections_are_disjoint_and_cover_the_pool(tmp_path):
+    from lvtp_kernels.data import sequence_of
+
+    d = _seq_lists(tmp_path)
+    pool = read_pairs(d, "train") + read_pairs(d, "val")
+    names = lambda pairs: [os.path.basename(p[0]) for p in pairs]  # noqa: E731
+    assert names(read_pairs(d, "seq:AAA")) == ["AAA_1.png", "AAA_2.png", "AAA_9.png"]  # from train and val
+    assert names(read_pairs(d, "except:AAA")) == ["BBB_1.png", "CCC_1.png", "CCC_2.png"]
+    assert names(read_pairs(d, "seq:BBB,CCC")) == names(read_pairs(d, "except:AAA"))
+    for held in ("AAA", "BBB", "CCC"):
+        inside, outside = read_pairs(d, f"seq:{held}"), read_pairs(d, f"except:{held}")
+        assert not {sequence_of(p[0]) for p in inside} & {sequence_of(p[0]) for p in outside}
+        assert sorted(inside + outside) == sorted(pool)
+
+
+@pytest.mark.parametrize("split,match", [
+    ("seq:ZZZ", r"unknown sequence\(s\) \['ZZZ'\]; the train\+val pool has \['AAA', 'BBB', 'CCC'\]"),
+    ("seq:", "split list"),  # an empty selection is a list name "seq:" that does not exist
+    ("only:AAA", "a selection is seq:NAMES or except:NAMES"),
+    ("except:AAA,BBB,CCC", "selects no frame"),
+])
+def test_bad_sequence_selection_names_the_split(tmp_path, split, match):
+    d = _seq_lists(tmp_path)
+    with pytest.raises((ValueError, FileNotFoundError), match=match):
+        read_pairs(d, split)
+
+
+# --------------------------------------------------------------------------- bootstrap over images
+def test_batched_miou_matches_confusion_matrix(gen):
+    from lvtp_kernels.data import miou_of
+
+    for trial in range(20):
+        c = 5
+        pred = torch.randint(0, c, (30, 7), generator=gen)
+        label = torch.randint(0, c + 1, (30, 7), generator=gen)  # c: void
+        label[label == trial % c] = c  # a class absent from the labels in each trial
+        cm = ConfusionMatrix(c)
+        cm.update(pred, label)
+        assert float(miou_of(cm.mat)) == pytest.approx(cm.miou(), abs=1e-9)
+
+
+def test_bootstrap_counts_draw_n_images_each_and_are_seeded():
+    from lvtp_kernels.data import bootstrap_counts
+
+    c = bootstrap_counts(17, 500, seed=3)
+    assert c.shape == (500, 17) and bool((c.sum(1) == 17).all()) and bool((c >= 0).all())
+    assert torch.equal(c, bootstrap_counts(17, 500, seed=3)) and not torch.equal(c, bootstrap_counts(17, 500, seed=4))
+    # every image is drawn with probability 1/n per draw: mean count 1
+    assert float(c.double().mean()) == pytest.approx(1.0)
+    assert 0.9 < float(c.double().mean(0).min()) and float(c.double().mean(0).max()) < 1.1
+
+
+def test_bootstrap_interval_covers_and_paired_difference_is_exact(gen):
+    from lvtp_kernels.data.metrics import percentile_ci, resampled_miou
+    from lvtp_kernels.data import bootstrap_counts
+
+    c, n = 4, 40
+    labels = torch.randint(0, c, (n, 16), generator=gen)
+    good = torch.where(torch.rand(n, 16, generator=gen) < 0.9, labels, torch.randint(0, c, (n, 16), generator=gen))
+    mats = []
+    for i in range(n):
+        cm = ConfusionMatrix(c)
+        cm.update(good[i], labels[i])
+        mats.append(cm.mat)
+    per_image = torch.stack(mats)
+    counts = bootstrap_counts(n, 400)
+    m = resampled_miou(per_image, counts)
+    total = ConfusionMatrix(c)
+    total.mat = per_image.sum(0)
+    lo, hi = percentile_ci(m)
+    assert lo < total.miou() < hi and hi - lo > 0.1  # a real spread, around the full-data value
+    # the same predictions as "another method": every paired difference is exactly 0
+    d = m - resampled_miou(per_image.clone(), counts)
+    assert percentile_ci(d) == [0.0, 0.0]

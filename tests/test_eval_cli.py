@@ -154,7 +154,8 @@ def test_run_eval_scores_match_an_independent_computation(eval_result, data_dir,
 
 def test_markdown_table_rows(eval_result):
     md = markdown_table(eval_result)
-    rows = [ln for ln in md.splitlines() if ln.startswith("| ") and not ln.startswith("| method")]
+    main_table = md.split("\n\n")[1]  # the paired-differences table follows it
+    rows = [ln for ln in main_table.splitlines() if ln.startswith("| ") and not ln.startswith("| method")]
     assert [r.split("|")[1].strip() for r in rows] == ["unpruned", "lvtp", "evit", "tome", "random"]
     assert f"{eval_result['baseline']['miou']:.2f}" in rows[0]
     assert "Split `val`, 3 images, model input 96x128." in md
@@ -465,3 +466,36 @@ def test_safetensors_without_config_names_the_file(model, tmp_path):
         load_checkpoint(str(bare))
     with pytest.raises(ValueError, match="export_fp16: path must end in .safetensors"):
         export_fp16(model, model.cfg, str(tmp_path / "w.pt"))
+
+
+def test_eval_reports_paired_bootstrap_intervals(eval_result):
+    b = eval_result["baseline"]
+    assert eval_result["bootstrap"]["resamples"] == 1000 and eval_result["bootstrap"]["unit"] == "image"
+    assert b["miou_ci"][0] <= b["miou"] <= b["miou_ci"][1]
+    for r in eval_result["results"]:
+        for key in ("miou_drop", "boundary_miou_drop"):
+            lo, hi = r[f"{key}_ci"]
+            assert lo <= hi
+            assert lo - 1e-9 <= r[key] <= hi + 1e-9 or r[key] == pytest.approx(lo) or r[key] == pytest.approx(hi)
+    methods = [r["method"] for r in eval_result["results"]]
+    first, others = methods[0], list(dict.fromkeys(methods[1:]))
+    paired = eval_result["paired"]
+    reds = sorted({r["target_reduction"] for r in eval_result["results"]})
+    assert [(p["target_reduction"], p["versus"]) for p in paired] == [(red, o) for red in reds for o in others]
+    by = {(r["target_reduction"], r["method"]): r for r in eval_result["results"]}
+    for p in paired:
+        assert p["method"] == first
+        assert p["miou_diff"] == pytest.approx(by[(p["target_reduction"], first)]["miou"]
+                                               - by[(p["target_reduction"], p["versus"])]["miou"])
+        lo, hi = p["miou_diff_ci"]
+        assert p["miou_verdict"] == ("better" if lo > 0 else "worse" if hi < 0 else "no difference")
+    md = markdown_table(eval_result)
+    assert "bootstrap intervals over images (1000 resamples" in md
+    assert md.count(f"| {first} - ") == len(paired)
+
+
+def test_eval_without_bootstrap_has_no_intervals(data_dir, model):
+    res = run_eval(data_dir, "val", model=model, reductions=[0.3], methods=["random"], limit=2, progress=False,
+                   log=lambda s: None, bootstrap=0)
+    assert "bootstrap" not in res and "miou_ci" not in res["baseline"] and "paired" not in res
+    assert "[" not in markdown_table(res).split("\n", 1)[1]  # no interval anywhere in the table

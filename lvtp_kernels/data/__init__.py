@@ -3,6 +3,7 @@ augmentation and segmentation metrics."""
 
 from .camvid import (
     CLASS_NAMES,
+    SEQUENCES,
     IGNORE_INDEX,
     MEAN,
     NUM_CLASSES,
@@ -13,11 +14,16 @@ from .camvid import (
     normalize,
     read_pairs,
     resize_image,
+    sequence_of,
 )
-from .metrics import ConfusionMatrix, boundary_mask
+from .metrics import ConfusionMatrix, bootstrap_counts, boundary_mask, miou_of
 
 __all__ = [
     "CLASS_NAMES",
+    "SEQUENCES",
+    "bootstrap_counts",
+    "miou_of",
+    "sequence_of",
     "IGNORE_INDEX",
     "MEAN",
     "NUM_CLASSES",

@@ -30,8 +30,19 @@ class SegSample:
     label: Tensor  # (H, W) uint8 (int64 after loading is not needed)
 
 
-def read_pairs(data_dir: str, split: str) -> List[Tuple[str, str]]:
-    """The (image, label) paths of ``SPLIT.txt`` in ``data_dir``, made absolute."""
+# The video sequences of the train+val pool (a frame's name starts with its sequence).
+# val is one sequence, 0016E5, which also gives 204 of the 367 train frames: val figures
+# flatter a model and any choice tuned on them. Sequence-disjoint hold-outs avoid that.
+SEQUENCES = ("0001TP", "0006R0", "0016E5")
+POOL_SPLITS = ("train", "val")
+
+
+def sequence_of(path_or_name: str) -> str:
+    """A frame's sequence: the part of its file name before the first ``_``."""
+    return os.path.basename(path_or_name).split("_")[0]
+
+
+def _list_pairs(data_dir: str, split: str) -> List[Tuple[str, str]]:
     lst = os.path.join(data_dir, f"{split}.txt")
     if not os.path.isfile(lst):
         raise FileNotFoundError(f"split list {lst!r} not found (expected 'image label' lines)")
@@ -47,6 +58,29 @@ def read_pairs(data_dir: str, split: str) -> List[Tuple[str, str]]:
     if not pairs:
         raise ValueError(f"split list {lst!r} is empty")
     return pairs
+
+
+def read_pairs(data_dir: str, split: str) -> List[Tuple[str, str]]:
+    """The (image, label) paths of a split, made absolute. ``split`` is the name of a list
+    ``SPLIT.txt`` in ``data_dir`` ("train", "val"), or a sequence-disjoint selection from the
+    train+val pool: ``seq:A[,B]`` (the frames of those sequences) or ``except:A[,B]`` (every
+    frame of the other sequences), e.g. train on ``except:0006R0``, score on ``seq:0006R0``."""
+    kind, _, names = split.partition(":")
+    if not names:
+        return _list_pairs(data_dir, split)
+    if kind not in ("seq", "except"):
+        raise ValueError(f"split {split!r}: a selection is seq:NAMES or except:NAMES (NAMES: comma-separated "
+                         f"sequences, e.g. {','.join(SEQUENCES[:2])})")
+    pool = [p for name in POOL_SPLITS for p in _list_pairs(data_dir, name)]
+    present = sorted({sequence_of(p[0]) for p in pool})
+    wanted = {n.strip() for n in names.split(",") if n.strip()}
+    unknown = sorted(wanted - set(present))
+    if unknown or not wanted:
+        raise ValueError(f"split {split!r}: unknown sequence(s) {unknown}; the train+val pool has {present}")
+    chosen = [p for p in pool if (sequence_of(p[0]) in wanted) == (kind == "seq")]
+    if not chosen:
+        raise ValueError(f"split {split!r} selects no frame (the pool has {present})")
+    return chosen
 
 
 def read_image(path: str) -> Tensor:

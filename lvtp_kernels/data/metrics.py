@@ -50,6 +50,42 @@ class ConfusionMatrix:
         return {n: (None if v != v else float(v) * 100.0) for n, v in zip(names, self.iou().tolist())}
 
 
+def miou_of(mats: Tensor) -> Tensor:
+    """mIoU in percent of (..., C, C) confusion matrices, ``ConfusionMatrix.miou`` batched:
+    the mean IoU over the classes present in each matrix's labels."""
+    m = mats.double()
+    inter = m.diagonal(dim1=-2, dim2=-1)
+    rows = m.sum(-1)
+    union = m.sum(-2) + rows - inter
+    present = rows > 0
+    iou = torch.where(present, inter / union.clamp_min(1), torch.zeros_like(inter))
+    return iou.sum(-1) / present.sum(-1).clamp_min(1) * 100.0
+
+
+def bootstrap_counts(n: int, resamples: int, seed: int = 0) -> Tensor:
+    """(resamples, n) int64: how often each of ``n`` images is drawn in each bootstrap
+    resample (n draws with replacement). Summing per-image confusion matrices with these
+    weights gives the resampled dataset's matrix; the same counts for two methods on the
+    same images give a paired bootstrap of their difference."""
+    gen = torch.Generator().manual_seed(seed)
+    idx = torch.randint(0, n, (resamples, n), generator=gen)
+    return torch.zeros(resamples, n, dtype=torch.int64).scatter_add_(1, idx, torch.ones_like(idx))
+
+
+def resampled_miou(per_image: Tensor, counts: Tensor) -> Tensor:
+    """(n, C, C) per-image matrices, (R, n) counts -> (R,) mIoU of each resample."""
+    n, c, _ = per_image.shape
+    mats = counts.double() @ per_image.reshape(n, c * c).double()
+    return miou_of(mats.reshape(-1, c, c))
+
+
+def percentile_ci(samples: Tensor, level: float = 0.95) -> List[float]:
+    """[lo, hi] percentile interval of bootstrap ``samples``."""
+    a = (1.0 - level) / 2.0
+    q = torch.quantile(samples.double(), torch.tensor([a, 1.0 - a], dtype=torch.float64))
+    return [float(q[0]), float(q[1])]
+
+
 def boundary_mask(label: Tensor, width: int = 5) -> Tensor:
     """Pixels within ``width`` px (Chebyshev distance) of a label change, void counted as a
     label: (H, W) or (B, H, W) -> bool of the same shape."""
