@@ -80,18 +80,31 @@ def train_reference(
     bf16: bool = False,
     progress: bool = True,
     log: Callable[[str], None] = print,
+    train_split: str = "train",
+    val_split: str = "val",
+    scale: Optional[Sequence[float]] = None,
 ) -> dict:
-    """Train (or resume) the reference model; returns the final record (val metrics included)."""
+    """Train (or resume) the reference model; returns the final record (val metrics included).
+
+    ``train_split`` / ``val_split``: list names or sequence selections
+    (``data.camvid.read_pairs``), e.g. ``except:0006R0`` / ``seq:0006R0`` for a model that
+    never saw the held-out sequence. ``scale``: the random rescale range of the original
+    photo (default ``DEFAULTS["scale"]``)."""
     if threads:
         torch.set_num_threads(threads)
     os.makedirs(out_dir, exist_ok=True)
     hp = dict(DEFAULTS, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, arch=arch, stem=stem,
-              img_size=tuple(img_size), eval_every=eval_every, bf16=bf16)
+              img_size=tuple(img_size), eval_every=eval_every, bf16=bf16,
+              scale=tuple(float(v) for v in (scale if scale is not None else DEFAULTS["scale"])))
+    if train_split != "train" or val_split != "val":  # recorded only when not the default (old records match)
+        hp.update(train_split=train_split, val_split=val_split)
+    if not (0 < hp["scale"][0] <= hp["scale"][1]):
+        raise ValueError(f"train_reference: scale must be 0 < lo <= hi, got {hp['scale']}")
     cfg = vit_config(arch, img_size=tuple(img_size), stem=stem, num_classes=NUM_CLASSES, drop_path_rate=hp["drop_path"])
 
-    train = load_split(data_dir, "train", limit)
-    val = load_split(data_dir, "val", limit)
-    log(f"train-reference: {len(train)} train / {len(val)} val images, {arch} stem={stem} at {img_size}, "
+    train = load_split(data_dir, train_split, limit)
+    val = load_split(data_dir, val_split, limit)
+    log(f"train-reference: {len(train)} train ({train_split}) / {len(val)} val ({val_split}) images, {arch} stem={stem} at {img_size}, "
         f"{epochs} epochs, batch {batch_size}, lr {lr}, {torch.get_num_threads()} threads, bf16={bf16}")
 
     torch.manual_seed(seed)

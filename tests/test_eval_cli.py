@@ -499,3 +499,17 @@ def test_eval_without_bootstrap_has_no_intervals(data_dir, model):
                    log=lambda s: None, bootstrap=0)
     assert "bootstrap" not in res and "miou_ci" not in res["baseline"] and "paired" not in res
     assert "[" not in markdown_table(res).split("\n", 1)[1]  # no interval anywhere in the table
+
+
+def test_train_reference_on_a_sequence_selection_records_it(data_dir, tmp_path):
+    # make_dataset's frames are named train_i / val_i: their "sequences" are train and val
+    msgs = []
+    rec = train_reference(data_dir, str(tmp_path / "seq"), epochs=1, batch_size=2, img_size=(64, 96), eval_every=1,
+                          progress=False, log=msgs.append, train_split="except:val", val_split="seq:val",
+                          scale=(0.4, 1.2))
+    assert "4 train (except:val) / 3 val (seq:val) images" in msgs[0]
+    assert 0.0 <= rec["val_miou"] <= 100.0
+    hp = torch.load(tmp_path / "seq" / "last.pt", weights_only=True)["hp"]
+    assert hp["train_split"] == "except:val" and hp["val_split"] == "seq:val" and hp["scale"] == [0.4, 1.2]
+    with pytest.raises(ValueError, match="scale must be 0 < lo <= hi"):
+        train_reference(data_dir, str(tmp_path / "bad"), epochs=1, scale=(1.0, 0.5), log=lambda s: None)
