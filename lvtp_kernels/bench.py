@@ -448,7 +448,7 @@ def _benchmarks_package():
     try:
         import benchmarks.common as common  # noqa: F401
     except ImportError as exc:
-        raise RuntimeError("lvtp bench ops needs the repository checkout (its benchmarks/ folder); "
+        raise RuntimeError("bench ops needs the repository checkout (its benchmarks/ folder); "
                            f"it is not importable here ({exc})") from None
     return common
 
@@ -462,7 +462,7 @@ def run_ops(quick: bool = False, only: Optional[Sequence[str]] = None, log=print
     names = list(only) if only else list(OP_BENCHES)
     for n in names:
         if n not in OP_BENCHES:
-            raise ValueError(f"lvtp bench ops: unknown benchmark {n!r}; known: {OP_BENCHES}")
+            raise ValueError(f"unknown benchmark {n!r} in --only; known: {OP_BENCHES}")
     rows: List[dict] = []
     for n in names:
         common.COLLECTED.clear()
@@ -503,7 +503,8 @@ def add_parser(sub) -> None:
     p = sub.add_parser("bench", help="end-to-end speed (e2e) and per-op microbenchmarks (ops)")
     bsub = p.add_subparsers(dest="bench_cmd", required=True)
     e = bsub.add_parser("e2e", help="pruned vs unpruned forward time of a ViT segmenter")
-    e.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=("cpu", "cuda"))
+    e.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", type=_device,
+                   help="cpu, cuda or cuda:N (default: cuda when available)")
     e.add_argument("--arch", default=None, choices=ARCHS,
                    help="random-weight preset, or the bundled CamVid model (default: vit_b on cuda, bundled on cpu)")
     e.add_argument("--size", default=None, help="HxW (default 512x512; the bundled model's own 240x320)")
@@ -532,8 +533,25 @@ def add_parser(sub) -> None:
     o.set_defaults(func=cmd_ops)
 
 
+def _device(text: str) -> str:
+    t = text.strip().lower()
+    kind, _, index = t.partition(":")
+    if kind not in ("cpu", "cuda") or (index and (kind == "cpu" or not index.isdigit())):
+        raise argparse.ArgumentTypeError(f"expected cpu, cuda or cuda:N, got {text!r}")
+    return t
+
+
 def cmd_e2e(args: argparse.Namespace) -> int:
     dev = args.device
+    if dev.startswith("cuda"):  # cuda:N -> that device current, the benchmark runs on "cuda"
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {dev}: no CUDA device is available (torch {torch.__version__})")
+        if ":" in dev:
+            index = int(dev.split(":")[1])
+            if index >= torch.cuda.device_count():
+                raise ValueError(f"--device {dev}: only {torch.cuda.device_count()} CUDA device(s)")
+            torch.cuda.set_device(index)
+        dev = "cuda"
     arch = args.arch or ("vit_b" if dev == "cuda" else "bundled")
     dtype = args.dtype or ("fp16" if dev == "cuda" else "fp32")
     try:

@@ -1,22 +1,226 @@
-"""The ``lvtp`` command line: ``info``, ``demo``, ``train-reference``, ``eval``."""
+"""The ``lvtp`` command line: ``info``, ``demo``, ``eval``, ``bench``, ``viz``, ``train-reference``.
+
+Every subcommand reports a bad input (a missing, unreadable or corrupt file, a folder
+without the CamVid layout, an argument out of range, an output path that cannot be
+written) as one line on stderr, ``lvtp <cmd>: <problem>``, and exits 2; an unexpected
+internal error is one line and exit 1, with the traceback when ``LVTP_DEBUG=1``.
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import copy
+import errno
 import importlib.util
 import json
 import os
 import platform
+import re
 import statistics
 import sys
-import time
+import traceback
 from pathlib import Path
-from typing import List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 DEMO_IMAGES = ("camvid_val_0016E5_07959", "camvid_val_0016E5_08027", "camvid_val_0016E5_08095")
+MAX_SIDE = 4096  # --size: larger sides are a typo, not a ViT input
+
+
+class CLIError(ValueError):
+    """A bad input or argument: ``main`` prints its message as one line and exits 2."""
+
+
+# --------------------------------------------------------------------------- input checks
+def read_rgb_image(path, what: str = "image"):
+    """The image file ``path`` as a (3, H, W) uint8 tensor; a missing, unreadable, corrupt
+    or not RGB-convertible file raises an error that names it."""
+    import numpy as np
+    from PIL import Image
+
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"{what} {str(p)!r} not found")
+    if p.is_dir():
+        raise CLIError(f"{what} {str(p)!r} is a folder, not an image file")
+    if not os.access(p, os.R_OK):
+        raise PermissionError(f"{what} {str(p)!r} is not readable (permission denied)")
+    try:
+        with Image.open(p) as im:
+            im.load()  # decodes now: a truncated file fails here, not later
+            rgb = im.convert("RGB")
+    except Image.DecompressionBombError as exc:
+        raise CLIError(f"{what} {str(p)!r} is too large to decode safely ({exc})") from None
+    except Exception as exc:  # noqa: BLE001 - whatever PIL raises, the file is at fault
+        if type(exc).__name__ == "UnidentifiedImageError":
+            why = "not an image file PIL can read (corrupt, or another format)"
+        else:
+            why = f"cannot be decoded as an RGB image ({type(exc).__name__}: {_one_line(exc)})"
+        raise CLIError(f"{what} {str(p)!r}: {why}") from None
+    arr = np.asarray(rgb, dtype=np.uint8)
+    if arr.ndim != 3 or arr.shape[2] != 3 or arr.shape[0] < 1 or arr.shape[1] < 1:
+        raise CLIError(f"{what} {str(p)!r}: expected an H x W RGB image, got an array of shape {arr.shape}")
+    return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()
+
+
+def load_photo(path):
+    """An RGB image file as a (3, H, W) uint8 tensor (errors name the file)."""
+    return read_rgb_image(path)
+
+
+def load_model_arg(path: Optional[str], flag: str = "--model"):
+    """``load_reference(path)`` with any failure turned into an error naming ``flag`` and the
+    file: a missing file, a file that is not an lvtp checkpoint, one with wrong shapes."""
+    from .models import load_reference
+
+    shown = repr(path) if path else "(the bundled model)"
+    if path and os.path.isfile(path) and not os.access(path, os.R_OK):
+        raise PermissionError(f"{flag} {path!r} is not readable (permission denied)")
+    try:
+        return load_reference(path)
+    except FileNotFoundError as exc:
+        raise FileNotFoundError(f"{flag} {_strip_prefix(_one_line(exc), 'load_reference: ')}") from None
+    except Exception as exc:  # noqa: BLE001 - any failure to load is the file's
+        msg = _strip_prefix(_one_line(exc), "load_reference: ")
+        if path and msg.startswith(repr(path)):
+            raise CLIError(f"{flag} {msg}") from None
+        raise CLIError(f"{flag} {shown} is not a usable lvtp checkpoint ({type(exc).__name__}: {msg})") from None
+
+
+def _nearest_existing(p: Path) -> Path:
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    return p
+
+
+def _check_creatable(target: Path, flag: str, shown: str, is_dir: bool) -> None:
+    """``target`` (absent) can be created: its nearest existing ancestor is a writable folder
+    and the first missing folder on the way can be made (made and removed again: os.access
+    is optimistic for root and on special file systems)."""
+    target = Path(os.path.abspath(target))
+    anc = _nearest_existing(target.parent)
+    if not anc.is_dir():
+        raise CLIError(f"{flag} {shown}: {str(anc)!r} is a file, not a folder")
+    if not os.access(anc, os.W_OK | os.X_OK):
+        raise CLIError(f"{flag} {shown}: folder {str(anc)!r} is not writable")
+    first = target if is_dir else target.parent
+    if first == anc:
+        return
+    while first.parent != anc:
+        first = first.parent
+    try:
+        first.mkdir()
+        first.rmdir()
+    except OSError as exc:
+        raise CLIError(f"{flag} {shown}: cannot create folder {str(first)!r} ({_one_line(exc)})") from None
+
+
+def check_output_file(path: Optional[str], flag: str) -> None:
+    """``path`` can be written as a file (missing parent folders are created on write)."""
+    if not path:
+        return
+    p, shown = Path(path), repr(str(path))
+    if p.is_dir():
+        raise CLIError(f"{flag} {shown} is a folder; give a file path")
+    if p.exists():
+        if not os.access(p, os.W_OK):
+            raise CLIError(f"{flag} {shown} exists and is not writable")
+        return
+    _check_creatable(p, flag, shown, is_dir=False)
+
+
+def check_output_dir(path: Optional[str], flag: str) -> None:
+    """``path`` is, or can be created as, a writable folder."""
+    if not path:
+        return
+    p, shown = Path(path), repr(str(path))
+    if p.exists():
+        if not p.is_dir():
+            raise CLIError(f"{flag} {shown} exists and is not a folder")
+        if not os.access(p, os.W_OK | os.X_OK):
+            raise CLIError(f"{flag} {shown}: folder is not writable")
+        return
+    _check_creatable(p, flag, shown, is_dir=True)
+
+
+def check_camvid_dir(data: str, splits: Sequence[str], limit: Optional[int] = None, flag: str = "--data") -> None:
+    """``data`` has the CamVid layout for ``splits``: ``SPLIT.txt`` with 'image label' lines
+    whose files exist (the first ``limit`` of them)."""
+    from .data.camvid import read_pairs
+
+    d = Path(data)
+    if not d.exists():
+        raise FileNotFoundError(f"{flag} {data!r}: folder not found")
+    if not d.is_dir():
+        raise CLIError(f"{flag} {data!r} is not a folder")
+    for split in splits:
+        # a sequence selection (seq:A / except:A) draws on train.txt and val.txt
+        for name in (("train", "val") if ":" in split else (split,)):
+            if not (d / f"{name}.txt").is_file():
+                raise CLIError(f"{flag} {data!r} has no {name}.txt (the CamVid layout: {name}.txt lists "
+                               "'image label' paths relative to the folder)")
+        pairs = read_pairs(data, split)[:limit]
+        missing = [f for pair in pairs for f in pair if not os.path.isfile(f)]
+        if missing:
+            raise CLIError(f"{flag} {data!r}: {split}.txt lists {len(missing)} missing file(s), e.g. {missing[0]!r}")
+
+
+@contextlib.contextmanager
+def writing(path, flag: str):
+    """Turn an OSError while creating or writing ``path`` (given by ``flag``) into an error
+    naming both: exit 2 where the path is at fault (missing, not a folder, read-only,
+    permission), exit 1 otherwise (a full disk, ...)."""
+    try:
+        yield
+    except OSError as exc:
+        msg = f"{flag} {str(path)!r}: cannot write it ({_one_line(exc)})"
+        if isinstance(exc, (FileNotFoundError, PermissionError, NotADirectoryError, IsADirectoryError,
+                            FileExistsError)) or exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+            raise CLIError(msg) from None
+        raise OSError(msg) from None
+
+
+_DEVICE_RE = re.compile(r"^(cpu|cuda)(:\d+)?$")
+
+
+def _device_arg(text: str) -> str:
+    t = text.strip().lower()
+    if not _DEVICE_RE.match(t) or t.startswith("cpu:"):
+        raise argparse.ArgumentTypeError(f"expected cpu, cuda or cuda:N, got {text!r}")
+    return t
+
+
+def resolve_device(text: str, flag: str = "--device") -> torch.device:
+    """``cpu``, ``cuda`` or ``cuda:N`` as a torch.device, checked against this machine."""
+    dev = torch.device(_device_arg(text))
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise CLIError(f"{flag} {text}: CUDA is not available here (torch.cuda.is_available() is False); "
+                           "use --device cpu")
+        n = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= n:
+            raise CLIError(f"{flag} {text}: only {n} CUDA device(s) visible (cuda:0..cuda:{n - 1})")
+    return dev
+
+
+def _one_line(exc: BaseException, limit: int = 600) -> str:
+    """``exc`` as one line: an OSError as 'FILE: reason', any message's lines joined."""
+    if isinstance(exc, OSError) and exc.filename is not None and exc.strerror:
+        names = repr(str(exc.filename)) + (f" -> {str(exc.filename2)!r}" if exc.filename2 is not None else "")
+        msg = f"{names}: {exc.strerror}"
+    else:
+        msg = str(exc) if str(exc) else type(exc).__name__
+        if isinstance(exc, KeyError) and exc.args:
+            msg = f"missing key {exc.args[0]!r}"
+    msg = " ".join(part.strip() for part in msg.strip().splitlines() if part.strip())
+    return msg if len(msg) <= limit else msg[: limit - 3] + "..."
+
+
+def _strip_prefix(msg: str, prefix: str) -> str:
+    return msg[len(prefix):] if msg.startswith(prefix) else msg
 
 
 # --------------------------------------------------------------------------- info
@@ -105,6 +309,8 @@ def _parse_size(text: str) -> Tuple[int, int]:
         raise argparse.ArgumentTypeError(f"size must look like 240x320, got {text!r}") from None
     if h < 16 or w < 16:
         raise argparse.ArgumentTypeError(f"size must be at least 16x16, got {text!r}")
+    if h > MAX_SIDE or w > MAX_SIDE:
+        raise argparse.ArgumentTypeError(f"size must be at most {MAX_SIDE}x{MAX_SIDE}, got {text!r}")
     return h, w
 
 
@@ -118,6 +324,26 @@ def _positive_int(text: str) -> int:
     return v
 
 
+def _nonnegative_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {v}")
+    return v
+
+
+def _scale_range(text: str) -> Tuple[float, float]:
+    try:
+        lo, hi = (float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected LO,HI (e.g. 0.5,1.0), got {text!r}") from None
+    if not (0 < lo <= hi <= 4):
+        raise argparse.ArgumentTypeError(f"expected 0 < LO <= HI <= 4, got {text!r}")
+    return lo, hi
+
+
 def _reduction(text: str) -> float:
     try:
         v = float(text)
@@ -128,27 +354,78 @@ def _reduction(text: str) -> float:
     return v
 
 
-def load_photo(path: Path):
-    """An RGB image file as a (3, H, W) uint8 tensor."""
-    from .data.camvid import read_image
+def interleaved_ms(fns: Dict[str, Callable[[], object]], rounds: int, device: torch.device,
+                   warmup: int = 1) -> Dict[str, List[float]]:
+    """Per-round times (ms) of each ``fns[name]()``: ``warmup`` untimed rounds, then ``rounds``
+    rounds of one call of each, the order alternating every round (A B, B A, ...), so
+    that drift of a shared machine's clock or load hits every variant alike. One call is
+    timed by ``bench.time_call_ms`` (CUDA events on a GPU, perf_counter on the CPU)."""
+    from .bench import _sync, time_call_ms
 
-    return read_image(str(path))
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    _sync(device)
+    times: Dict[str, List[float]] = {name: [] for name in fns}
+    names = list(fns)
+    for r in range(rounds):
+        for name in (names if r % 2 == 0 else names[::-1]):
+            times[name].append(time_call_ms(fns[name], device))
+    return times
 
 
-def _median_ms(fn, repeats: int, device) -> float:
-    def sync():
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+def _quartiles(v: Sequence[float]) -> Tuple[float, float, float]:
+    if len(v) < 2:
+        return v[0], v[0], v[0]
+    q1, q2, q3 = statistics.quantiles(v, n=4, method="inclusive")
+    return q1, q2, q3  # q2 is the median
 
-    fn()  # warm-up
-    sync()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        sync()
-        times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
+
+NOISE_IQR = 0.15  # a speedup whose per-round IQR spans more than this (relative) is not readable
+
+
+def timing_summary(base_ms: Sequence[float], pruned_ms: Sequence[float]) -> dict:
+    """Median, min, max and quartiles of each variant's per-round times and of the per-round
+    speedup (unpruned / pruned of the same round), and ``noisy``: a reason why no speedup
+    can be read from them (the speedup's IQR crosses 1.0 or spans more than 15 % of its
+    median, or there are too few rounds to tell), else None."""
+    if not base_ms or len(base_ms) != len(pruned_ms):
+        raise ValueError("timing_summary: need as many (>= 1) unpruned as pruned times")
+
+    def stats(v):
+        q1, med, q3 = _quartiles(v)
+        return {"median": med, "min": min(v), "max": max(v), "q1": q1, "q3": q3}
+
+    ratios = [b / p for b, p in zip(base_ms, pruned_ms)]
+    s = {"rounds": len(ratios), "unpruned": stats(base_ms), "pruned": stats(pruned_ms), "speedup": stats(ratios)}
+    sp = s["speedup"]
+    if len(ratios) < 3:
+        s["noisy"] = f"too few rounds ({len(ratios)}) to judge the spread; use --rounds 5 or more"
+    elif sp["q1"] < 1.0 < sp["q3"]:
+        s["noisy"] = f"the per-round speedup's interquartile range {sp['q1']:.2f}-{sp['q3']:.2f}x crosses 1.0"
+    elif (sp["q3"] - sp["q1"]) / sp["median"] > NOISE_IQR:
+        s["noisy"] = (f"the per-round speedup's interquartile range {sp['q1']:.2f}-{sp['q3']:.2f}x spans "
+                      f"{(sp['q3'] - sp['q1']) / sp['median']:.0%} of its median (more than {NOISE_IQR:.0%})")
+    else:
+        s["noisy"] = None
+    return s
+
+
+def format_timing(s: dict, pruned_label: str) -> List[str]:
+    """The demo's timing lines from :func:`timing_summary`."""
+    lines = [f"time per forward over {s['rounds']} interleaved round(s) after a warm-up: median "
+             "[min-max] (interquartile range)"]
+    for name, key in (("unpruned", "unpruned"), (pruned_label, "pruned")):
+        t = s[key]
+        lines.append(f"  {name:<20}{t['median']:>9.2f} ms [{t['min']:.2f}-{t['max']:.2f}] "
+                     f"(IQR {t['q1']:.2f}-{t['q3']:.2f})")
+    sp = s["speedup"]
+    lines.append(f"speedup {sp['median']:.2f}x median of per-round ratios (IQR {sp['q1']:.2f}-{sp['q3']:.2f}x, "
+                 f"range {sp['min']:.2f}-{sp['max']:.2f}x)")
+    if s["noisy"]:
+        hint = "" if s["rounds"] < 3 else " (try more --rounds, --threads 1, or a quieter machine)"
+        lines.append(f"timings too noisy to read a speedup on this machine: {s['noisy']}{hint}")
+    return lines
 
 
 def _demo_inputs(args):
@@ -157,46 +434,34 @@ def _demo_inputs(args):
 
     if args.image:
         path = Path(args.image)
-        if not path.is_file():
-            raise FileNotFoundError(f"image {path} not found")
-        return [(path.stem, load_photo(path), None)]
+        return [(path.stem, read_rgb_image(path, "--image"), None)]
     return [(name, load_photo(ASSETS / f"{name}.png"), read_label(str(ASSETS / f"{name}_label.png")))
             for name in DEMO_IMAGES]
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     import lvtp_kernels
-    from lvtp_kernels.data.camvid import CLASS_NAMES, NUM_CLASSES
+    from lvtp_kernels.data.camvid import NUM_CLASSES
     from lvtp_kernels.data.metrics import ConfusionMatrix
     from lvtp_kernels.flops import count_flops, vit_flops
-    from lvtp_kernels.models import build_model, load_reference
+    from lvtp_kernels.models import build_model
     from lvtp_kernels.models.patching import cost_shape
     from lvtp_kernels.segment import prepare
 
+    device = resolve_device(args.device)
+    check_output_dir(args.out, "--out")
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        print("lvtp demo: --device cuda but torch.cuda.is_available() is False", file=sys.stderr)
-        return 2
-    try:
-        inputs = _demo_inputs(args)
-    except FileNotFoundError as exc:
-        print(f"lvtp demo: {exc}", file=sys.stderr)
-        return 2
+    inputs = _demo_inputs(args)
     if args.arch:
         size = args.size or (240, 320)
         model = build_model(args.arch, seed=0, img_size=size)
         what = f"{args.arch}/16 segmenter, random weights (seed 0): agreement, not accuracy, is meaningful"
     else:
-        try:
-            model = load_reference(args.model)
-        except FileNotFoundError as exc:
-            print(f"lvtp demo: {exc}", file=sys.stderr)
-            return 2
+        model = load_model_arg(args.model)
         size = args.size or model.cfg.img_size
         what = f"CamVid reference model ({getattr(model, '_lvtp_source', 'reference')}, val mIoU in docs/results.md)"
-    model = model.to(device)
+    model = model.to(device).eval()
     batch = args.batch or len(inputs)
     inputs = inputs[:batch]  # a batch smaller than the photo set shows its first photos
     n_img = len(inputs)
@@ -208,26 +473,24 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"  {n_img} image(s) at {size[0]}x{size[1]}, batch {batch}, {where}")
     with torch.inference_mode():
         base_logits = model(x)
-        base_ms = _median_ms(lambda: model(x), args.repeats, device)
         base_flops = vit_flops(model.vit_shape(size))
         base_counted = count_flops(model, x) / batch
-        try:
-            lvtp_kernels.patch(model, flops_reduction=args.reduction, img_size=size, keep_records=True)
-        except ValueError as exc:
-            print(f"lvtp demo: {exc}", file=sys.stderr)
-            return 2
-        logits = model(x)
-        records = lvtp_kernels.last_records(model)
-        ms = _median_ms(lambda: model(x), args.repeats, device)
-        flops = vit_flops(cost_shape(model, size), model._lvtp.schedule)
-        counted = count_flops(model, x) / batch
+        # the pruned model is a patched copy, so both can be timed in the same rounds
+        pruned = copy.deepcopy(model)
+        lvtp_kernels.patch(pruned, flops_reduction=args.reduction, img_size=size, keep_records=True)
+        logits = pruned(x)
+        records = lvtp_kernels.last_records(pruned)
+        flops = vit_flops(cost_shape(pruned, size), pruned._lvtp.schedule)
+        counted = count_flops(pruned, x) / batch
+        times = interleaved_ms({"base": lambda: model(x), "lvtp": lambda: pruned(x)}, args.rounds, device)
+    timing = timing_summary(times["base"], times["lvtp"])
 
     p = model.num_prefix_tokens
     print()
     print(f"{'stage':<6}{'after block':>12}{'keep ratio':>12}{'tokens in':>11}{'tokens kept':>13}")
     for s, rec in enumerate(records):
         n_in, n_kept = rec.x_at_stage.shape[1], rec.keep_idx.shape[1]
-        ratio = dict(model._lvtp.schedule)[rec.layer]
+        ratio = dict(pruned._lvtp.schedule)[rec.layer]
         print(f"{s + 1:<6}{rec.layer:>12}{ratio:>12.3f}{n_in - p:>11}{n_kept - p:>13}")
 
     # accuracy at label resolution on the distinct images
@@ -246,24 +509,27 @@ def cmd_demo(args: argparse.Namespace) -> int:
                 cm.update(preds[key][i], inputs[i][2].long())
             miou[key] = cm.miou()
     print()
-    head = f"{'':<22}{'GFLOPs/img':>12}{'counted':>10}{'ms (median)':>13}"
+    head = f"{'':<22}{'GFLOPs/img':>12}{'counted':>10}{'ms (median)':>13}{'ms min-max':>16}"
     print(head + (f"{'mIoU':>8}" if miou else ""))
     label = f"LVTP {args.reduction:.0%} target"
-    for name, f, c, t, key in (("unpruned", base_flops, base_counted, base_ms, "base"), (label, flops, counted, ms, "lvtp")):
-        row = f"{name:<22}{f / 1e9:>12.3f}{c / 1e9:>10.3f}{t:>13.1f}"
+    for name, f, c, key, tkey in (("unpruned", base_flops, base_counted, "base", "unpruned"),
+                                  (label, flops, counted, "lvtp", "pruned")):
+        t = timing[tkey]
+        spread = f"{t['min']:.1f}-{t['max']:.1f}"
+        row = f"{name:<22}{f / 1e9:>12.3f}{c / 1e9:>10.3f}{t['median']:>13.1f}{spread:>16}"
         print(row + (f"{miou[key]:>8.2f}" if miou else ""))
     print()
-    print(
-        f"GFLOPs cut {1 - flops / base_flops:.1%} (FlopCounterMode: {1 - counted / base_counted:.1%}); "
-        f"time {base_ms / ms:.2f}x; pixels agreeing with the unpruned prediction {agree:.1%}"
-    )
+    print(f"GFLOPs cut {1 - flops / base_flops:.1%} (FlopCounterMode: {1 - counted / base_counted:.1%}); "
+          f"pixels agreeing with the unpruned prediction {agree:.1%}")
+    for line in format_timing(timing, label):
+        print(line)
     if miou:
         print(f"mIoU on these {len(labelled)} labelled image(s): {miou['base']:.2f} unpruned, {miou['lvtp']:.2f} pruned "
               f"({miou['lvtp'] - miou['base']:+.2f}); the val-split numbers are in docs/results.md")
     if args.out:
-        written = _demo_pngs(args.out, inputs, preds, records, model, size, p)
+        written = _demo_pngs(args.out, inputs, preds, records, pruned, size, p)
         print(f"wrote {', '.join(written)}")
-    lvtp_kernels.unpatch(model)
+    lvtp_kernels.unpatch(pruned)
     return 0
 
 
@@ -279,9 +545,10 @@ def _demo_pngs(out_dir, inputs, preds, records, model, size, p):
     import numpy as np
     from PIL import Image
 
-    from .viz import colorize, compose, stage_overlay, token_stage_map
+    from .viz import class_legend, colorize, compose, figure_columns, stage_overlay, token_stage_map
 
-    os.makedirs(out_dir, exist_ok=True)
+    with writing(out_dir, "--out"):
+        os.makedirs(out_dir, exist_ok=True)
     grid = (size[0] // model.cfg.patch_size, size[1] // model.cfg.patch_size)
     fate = token_stage_map(records, records[0].x_at_stage.shape[1], p) if records else None
     layers = [r.layer for r in records]
@@ -294,10 +561,12 @@ def _demo_pngs(out_dir, inputs, preds, records, model, size, p):
             panels.append(("label", colorize(lbl)))
         panels += [("unpruned", colorize(preds["base"][i])), ("LVTP", colorize(preds["lvtp"][i]))]
         if fate is not None:
-            panels.append(("tokens: green kept, red/orange/yellow pruned after blocks " + "/".join(map(str, layers)),
+            panels.append(("tokens kept / pruned after blocks " + "/".join(map(str, layers)),
                            stage_overlay(small, fate[i], grid)))
+        panels.append(("legend", class_legend(size[0], size[1], stages=layers if fate is not None else None)))
         path = os.path.join(out_dir, f"{name}_lvtp.png")
-        compose(panels, columns=len(panels) if len(panels) <= 3 else 3).save(path)
+        with writing(path, "--out"):
+            compose(panels, columns=figure_columns(len(panels), (3, 4, 5))).save(path)  # no empty cell
         written.append(path)
     return written
 
@@ -306,13 +575,13 @@ def _demo_pngs(out_dir, inputs, preds, records, model, size, p):
 def cmd_train_reference(args) -> int:
     from .train import train_reference
 
-    if not os.path.isfile(os.path.join(args.data, "train.txt")):
-        print(f"lvtp train-reference: error: --data {args.data!r} has no train.txt", file=sys.stderr)
-        return 2
+    check_camvid_dir(args.data, (args.train_split, args.val_split), args.limit)
+    check_output_dir(args.out, "--out")
     record = train_reference(
         args.data, args.out, epochs=args.epochs, batch_size=args.batch, lr=args.lr, seed=args.seed, arch=args.arch,
         stem=args.stem, img_size=args.size, eval_every=args.eval_every, limit=args.limit, threads=args.threads,
-        bf16=args.bf16, progress=not args.no_progress,
+        bf16=args.bf16, progress=not args.no_progress, log=print, train_split=args.train_split,
+        val_split=args.val_split, scale=args.scale,
     )
     print(json.dumps({k: v for k, v in record.items() if k != "val_per_class"}))
     return 0
@@ -333,6 +602,8 @@ def _method_list(text: str) -> List[str]:
     from .baselines import parse_method
 
     names = [t.strip() for t in text.split(";" if ";" in text else ",") if t.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError(f"expected at least one method, got {text!r}")
     for n in names:
         try:
             parse_method(n)
@@ -341,41 +612,79 @@ def _method_list(text: str) -> List[str]:
     return names
 
 
+def _positive_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not v > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return v
+
+
 def cmd_eval(args) -> int:
     from .evaluate import markdown_table, pareto_plot, run_eval
 
-    if not os.path.isfile(os.path.join(args.data, f"{args.split}.txt")):
-        print(f"lvtp eval: error: --data {args.data!r} has no {args.split}.txt", file=sys.stderr)
-        return 2
+    check_camvid_dir(args.data, (args.split,), args.limit)
+    check_output_file(args.json, "--json")
+    if args.json:
+        check_output_file(os.path.splitext(args.json)[0] + ".md", "--json")
+    check_output_file(args.plot, "--plot")
+    model = load_model_arg(args.model)
     if args.threads:
         torch.set_num_threads(args.threads)
-    try:
-        res = run_eval(args.data, args.split, model_path=args.model, reductions=args.reductions, methods=args.methods,
-                       limit=args.limit, batch=args.batch, progress=not args.no_progress)
-    except (FileNotFoundError, ValueError) as exc:
-        print(f"lvtp eval: error: {exc}", file=sys.stderr)
-        return 2
+    res = run_eval(args.data, args.split, model=model, model_path=args.model, reductions=args.reductions,
+                   methods=args.methods, limit=args.limit, batch=args.batch, progress=not args.no_progress,
+                   log=print, bootstrap=args.bootstrap)
     table = markdown_table(res)
     print()
     print(table)
     stem = os.path.splitext(args.json)[0] if args.json else None
     if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w") as f:
-            json.dump(res, f, indent=1)
-        with open(stem + ".md", "w") as f:
-            f.write(table)
+        with writing(args.json, "--json"):
+            os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+            with open(args.json, "w") as f:
+                json.dump(res, f, indent=1)
+            with open(stem + ".md", "w") as f:
+                f.write(table)
         print(f"wrote {args.json}, {stem}.md")
     plot = args.plot or (stem + ".png" if stem else None)
     if plot:
-        pareto_plot(res, plot)
+        with writing(plot, "--plot" if args.plot else "--json"):
+            os.makedirs(os.path.dirname(os.path.abspath(plot)), exist_ok=True)
+            pareto_plot(res, plot)
         print(f"wrote {plot}")
     return 0
 
 
+# --------------------------------------------------------------------------- bench (checks; the commands are bench.py's)
+def _check_bench_args(args) -> None:
+    """Up-front checks of ``lvtp bench e2e|ops`` arguments that bench.py would otherwise
+    meet only after minutes of timing (output paths) or as an obscure error."""
+    if args.bench_cmd == "e2e":
+        for flag, v, low in (("--repeats", args.repeats, 1), ("--warmup", args.warmup, 0), ("--batch", args.batch, 1),
+                             ("--threads", args.threads, 1)):
+            if v is not None and v < low:
+                raise CLIError(f"{flag} must be >= {low}, got {v}")
+        if not args.max_seconds > 0:
+            raise CLIError(f"--max-seconds must be > 0, got {args.max_seconds}")
+        check_output_file(args.json, "--json")
+        check_output_file(args.md, "--md")
+    elif args.bench_cmd == "ops":
+        check_output_file(args.md, "--md")
+
+
 # --------------------------------------------------------------------------- main
+def version_string() -> str:
+    import lvtp_kernels
+
+    return f"lvtp {lvtp_kernels.__version__} (torch {torch.__version__}, python {platform.python_version()})"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lvtp", description="LVTP token pruning for ViT segmentation")
+    parser = argparse.ArgumentParser(prog="lvtp", description="LVTP token pruning for ViT segmentation",
+                                     epilog="Set LVTP_DEBUG=1 to see the traceback of an error.")
+    parser.add_argument("--version", action="version", version=version_string())
     sub = parser.add_subparsers(dest="command", required=True)
 
     p_info = sub.add_parser("info", help="versions and which backend runs each op")
@@ -390,24 +699,31 @@ def build_parser() -> argparse.ArgumentParser:
     p_demo.add_argument("--size", type=_parse_size, default=None, help="HxW the images are resized to")
     p_demo.add_argument("--reduction", type=_reduction, default=0.3, help="target GFLOPs reduction (default 0.3)")
     p_demo.add_argument("--batch", type=_positive_int, default=None, help="images per forward (cycled; default: all)")
-    p_demo.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    p_demo.add_argument("--repeats", type=_positive_int, default=5, help="timed runs (median reported)")
+    p_demo.add_argument("--device", type=_device_arg, default="cpu", help="cpu, cuda or cuda:N (default cpu)")
+    p_demo.add_argument("--rounds", "--repeats", dest="rounds", type=_positive_int, default=7,
+                        help="timed rounds, unpruned and pruned interleaved, after one warm-up round (default 7; "
+                        "medians, spreads and the per-round speedup are reported)")
     p_demo.add_argument("--threads", type=_positive_int, default=None, help="CPU threads (default: torch's)")
     p_demo.add_argument("--out", default="lvtp_demo", help="folder for the PNGs ('' to skip them)")
     p_demo.set_defaults(func=cmd_demo)
 
     p_tr = sub.add_parser("train-reference", help="train the reference ViT segmenter on CamVid (resumable)")
     p_tr.add_argument("--data", required=True, help="folder with train.txt/val.txt (e.g. ../shared/camvid)")
-    p_tr.add_argument("--out", required=True, help="output folder (last.pt, log.jsonl, model.pt)")
+    p_tr.add_argument("--out", required=True, help="output folder (last.pt, log.jsonl, model.safetensors)")
     p_tr.add_argument("--epochs", type=_positive_int, default=100)
     p_tr.add_argument("--batch", type=_positive_int, default=8)
-    p_tr.add_argument("--lr", type=float, default=1e-3)
+    p_tr.add_argument("--lr", type=_positive_float, default=1e-3)
     p_tr.add_argument("--seed", type=int, default=0)
     p_tr.add_argument("--arch", default="vit_ti", choices=["vit_ti", "vit_s", "vit_b", "vit_l"])
     p_tr.add_argument("--stem", default="conv", choices=["conv", "patch"])
     p_tr.add_argument("--size", type=_parse_size, default=(240, 320), help="HxW training/inference size")
     p_tr.add_argument("--eval-every", type=_positive_int, default=5, help="epochs between val evaluations")
     p_tr.add_argument("--limit", type=_positive_int, default=None, help="use only the first N images per split")
+    p_tr.add_argument("--train-split", default="train",
+                      help="training images: a list name or a selection such as except:0006R0 (see eval --split)")
+    p_tr.add_argument("--val-split", default="val", help="val images, e.g. seq:0006R0 (the held-out sequence)")
+    p_tr.add_argument("--scale", type=_scale_range, default=None,
+                      help="random rescale range of the original photo, LO,HI (default 0.5,1.0)")
     p_tr.add_argument("--threads", type=_positive_int, default=None)
     p_tr.add_argument("--bf16", action="store_true", help="bf16 autocast (2x faster on AVX512-BF16 CPUs)")
     p_tr.add_argument("--no-progress", action="store_true")
@@ -415,7 +731,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p_ev = sub.add_parser("eval", help="mIoU / boundary mIoU / GFLOPs of LVTP and baselines on a labelled split")
     p_ev.add_argument("--data", required=True, help="folder with SPLIT.txt ('image label' per line)")
-    p_ev.add_argument("--split", default="val")
+    p_ev.add_argument("--split", default="val",
+                      help="a list name (val, train) or a sequence-disjoint selection of the train+val pool: "
+                           "seq:A[,B] or except:A[,B] (sequences 0001TP, 0006R0, 0016E5)")
     p_ev.add_argument("--model", default=None, help="checkpoint (default: the bundled reference model)")
     p_ev.add_argument("--reductions", type=_float_list, default=[0.2, 0.3, 0.45], help="e.g. 0.2,0.3,0.45")
     p_ev.add_argument("--methods", type=_method_list, default=["lvtp", "evit", "tome", "random"],
@@ -427,6 +745,8 @@ def build_parser() -> argparse.ArgumentParser:
     p_ev.add_argument("--threads", type=_positive_int, default=None)
     p_ev.add_argument("--json", default=None, help="write the results JSON here (and a .md table beside it)")
     p_ev.add_argument("--plot", default=None, help="Pareto plot PNG (default: beside --json)")
+    p_ev.add_argument("--bootstrap", type=_nonnegative_int, default=1000,
+                      help="bootstrap resamples over images for the 95 %% intervals (0: none)")
     p_ev.add_argument("--no-progress", action="store_true")
     p_ev.set_defaults(func=cmd_eval)
 
@@ -438,9 +758,50 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# errors a user can cause with an input or an argument: one line, exit 2
+USAGE_ERRORS = (ValueError, TypeError, FileNotFoundError, PermissionError, NotADirectoryError, IsADirectoryError,
+                FileExistsError)
+
+
+def _command_name(args) -> str:
+    name = getattr(args, "command", None) or "?"
+    if name == "bench" and getattr(args, "bench_cmd", None):
+        name = f"bench {args.bench_cmd}"
+    return name
+
+
+def _debug() -> bool:
+    return os.environ.get("LVTP_DEBUG", "").strip() not in ("", "0")
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run ``lvtp ARGS``; returns the exit status. Expected errors (bad inputs, arguments,
+    files) are one stderr line ``lvtp <cmd>: <problem>`` and exit 2 (an OSError such as a
+    full disk exits 1); anything else is one line with a hint, exit 1, or the traceback
+    when ``LVTP_DEBUG=1``. argparse's own errors exit 2 as usual."""
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    cmd = _command_name(args)
+    prefix = f"lvtp {cmd}: "
+    try:
+        if args.command == "bench":
+            _check_bench_args(args)
+        return args.func(args)
+    except KeyboardInterrupt:
+        print(f"{prefix}interrupted", file=sys.stderr)
+        return 130
+    except (*USAGE_ERRORS, OSError) as exc:  # OSError covers PIL.UnidentifiedImageError
+        if _debug():
+            traceback.print_exc()
+        msg = _strip_prefix(_strip_prefix(_one_line(exc), prefix), "error: ")
+        print(prefix + msg, file=sys.stderr)
+        usage = isinstance(exc, USAGE_ERRORS) or type(exc).__name__ == "UnidentifiedImageError"
+        return 2 if usage else 1
+    except Exception as exc:  # noqa: BLE001 - an internal error: one line unless debugging
+        if _debug():
+            raise
+        print(f"{prefix}internal error: {type(exc).__name__}: {_one_line(exc)} "
+              "(set LVTP_DEBUG=1 to see the traceback)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ Writes JSON, a markdown table and a Pareto plot (mIoU vs GFLOPs).
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from dataclasses import dataclass
@@ -178,7 +179,7 @@ def run_eval(
     limit: Optional[int] = None,
     batch: int = 8,
     progress: bool = True,
-    log: Callable[[str], None] = print,
+    log: Optional[Callable[[str], None]] = None,
     bootstrap: int = 1000,
     level: float = 0.95,
 ) -> dict:
@@ -187,6 +188,7 @@ def run_eval(
     resamples, percentile intervals over images at ``level`` (``bootstrap_intervals``)."""
     from .models import load_reference
 
+    log = log or logging.getLogger(__name__).info
     if model is None:
         model = load_reference(model_path)
     model.eval()

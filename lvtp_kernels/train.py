@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 import os
 import time
@@ -79,7 +80,7 @@ def train_reference(
     threads: Optional[int] = None,
     bf16: bool = False,
     progress: bool = True,
-    log: Callable[[str], None] = print,
+    log: Optional[Callable[[str], None]] = None,
     train_split: str = "train",
     val_split: str = "val",
     scale: Optional[Sequence[float]] = None,
@@ -90,6 +91,7 @@ def train_reference(
     (``data.camvid.read_pairs``), e.g. ``except:0006R0`` / ``seq:0006R0`` for a model that
     never saw the held-out sequence. ``scale``: the random rescale range of the original
     photo (default ``DEFAULTS["scale"]``)."""
+    log = log or logging.getLogger(__name__).info
     if threads:
         torch.set_num_threads(threads)
     os.makedirs(out_dir, exist_ok=True)

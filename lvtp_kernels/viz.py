@@ -96,8 +96,78 @@ def stage_legend(num_stages: int, layers: Sequence[int]) -> List[Tuple[str, Tupl
     return items
 
 
+# --------------------------------------------------------------------------- legend
+DIMMED_COLOUR = (200, 200, 200)  # stage_kept_overlay's grey
+
+
+def class_legend(h: int, w: int, stages: Optional[Sequence[int]] = None, dimmed: bool = False,
+                 heat: bool = False) -> np.ndarray:
+    """An (h, w, 3) uint8 legend panel: a swatch and the name of each CamVid class in
+    ``CAMVID_PALETTE`` (void last); with ``stages`` (the blocks after which tokens are
+    pruned) the token-fate colours of :func:`stage_overlay`; with ``dimmed`` the grey of
+    :func:`stage_kept_overlay`; with ``heat`` the low..high ramp of :func:`heatmap`.
+    Entries flow top to bottom in as many columns as the height needs."""
+    from PIL import Image, ImageDraw
+
+    from .data.camvid import CLASS_NAMES
+
+    classes = [(name, tuple(int(c) for c in CAMVID_PALETTE[i])) for i, name in enumerate(CLASS_NAMES)]
+    classes.append(("void (not scored)", tuple(int(c) for c in CAMVID_PALETTE[len(CLASS_NAMES)])))
+    sections = [("CamVid classes", classes)]
+    tokens = []
+    if stages:
+        tokens += stage_legend(len(stages), list(stages))
+    if dimmed:
+        tokens.append(("pruned by that stage", DIMMED_COLOUR))
+    if heat:
+        tokens.append(("edge / score: low .. high", None))  # None: the heatmap ramp
+    if tokens:
+        sections.append(("tokens", tokens))
+
+    canvas = Image.new("RGB", (w, h), (255, 255, 255))
+    draw = ImageDraw.Draw(canvas)
+    line = max(12, min(20, h // 13))
+    per_col = max(1, (h - 4) // line)
+    # lay the entries out: a section starts a new column when it fits in one but not in what is left
+    slots, col, row = [], 0, 0
+    for title, items in sections:
+        need = 1 + len(items)
+        if row and row + need > per_col and need <= per_col:
+            col, row = col + 1, 0
+        for entry in [(title, "title")] + items:
+            if row >= per_col:
+                col, row = col + 1, 0
+            slots.append((col, row, entry))
+            row += 1
+    cols = col + 1
+    cw = w // cols
+    sw = max(6, line - 5)
+    ramp = heatmap(torch.linspace(0, 1, 16), (1, 16), (1, 16))[0]
+    for col, row, (text, colour) in slots:
+        x0, y0 = 3 + col * cw, 2 + row * line
+        if colour == "title":
+            draw.text((x0, y0), text, fill=(0, 0, 0))
+            continue
+        box = (x0, y0 + (line - sw) // 2, x0 + sw * (3 if colour is None else 1), y0 + (line - sw) // 2 + sw)
+        if colour is None:
+            seg = (box[2] - box[0]) / len(ramp)
+            for k, c in enumerate(ramp):
+                draw.rectangle((int(box[0] + k * seg), box[1], int(box[0] + (k + 1) * seg), box[3]),
+                               fill=tuple(int(v) for v in c))
+            draw.rectangle(box, outline=(90, 90, 90))
+        else:
+            draw.rectangle(box, fill=colour, outline=(90, 90, 90))
+        draw.text((box[2] + 4, y0), text, fill=(0, 0, 0))
+    return np.asarray(canvas)
+
+
+def figure_columns(n_panels: int, choices: Sequence[int] = (4, 5)) -> int:
+    """The column count of ``choices`` that leaves the fewest empty cells for ``n_panels``
+    (the narrower on a tie)."""
+    return min(choices, key=lambda c: ((-n_panels) % c, c))
+
+
 # --------------------------------------------------------------------------- lvtp viz
-VIZ_COLUMNS = 4
 
 
 def stage_kept_overlay(image_rgb: np.ndarray, fate: Tensor, grid: Tuple[int, int], stage: int) -> np.ndarray:
@@ -175,32 +245,23 @@ def viz_panels(model, photo: Tensor, reduction: float = 0.3, size: Optional[Tupl
 
 
 def run_viz(args) -> int:
-    """``lvtp viz IMAGE [--model PATH] [--reduction 0.3] --out FILE.png``."""
-    import sys
+    """``lvtp viz IMAGE [--model PATH] [--reduction 0.3] --out FILE.png``. A bad input raises
+    an error naming the file or argument (``lvtp.cli.main`` prints it as one line)."""
     from pathlib import Path
 
-    from .data.camvid import read_image
-    from .models import load_reference
+    from .cli import check_output_file, load_model_arg, read_rgb_image, writing
 
-    path = Path(args.image)
-    if not path.is_file():
-        print(f"lvtp viz: image {path} not found", file=sys.stderr)
-        return 2
-    try:
-        model = load_reference(args.model)
-    except FileNotFoundError as exc:
-        print(f"lvtp viz: {exc}", file=sys.stderr)
-        return 2
-    photo = read_image(str(path))
-    try:
-        panels, schedule = viz_panels(model, photo, args.reduction)
-    except ValueError as exc:
-        print(f"lvtp viz: {exc}", file=sys.stderr)
-        return 2
+    photo = read_rgb_image(args.image, "image")
+    check_output_file(args.out, "--out")
+    model = load_model_arg(args.model)
+    panels, schedule = viz_panels(model, photo, args.reduction)
+    h, w = panels[0][1].shape[:2]
+    panels.append(("legend", class_legend(h, w, stages=[layer for layer, _ in schedule] if schedule else None,
+                                          dimmed=bool(schedule), heat=True)))
     out = Path(args.out)
-    if out.parent and not out.parent.exists():
+    with writing(out, "--out"):
         out.parent.mkdir(parents=True, exist_ok=True)
-    compose(panels, columns=VIZ_COLUMNS).save(out, format="PNG")
+        compose(panels, columns=figure_columns(len(panels))).save(out, format="PNG")
     stages = ", ".join(f"block {layer}: keep {r:.2f}" for layer, r in schedule)
     print(f"lvtp viz: wrote {out} ({len(panels)} panels; schedule {stages or 'none'})")
     return 0

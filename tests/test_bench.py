@@ -79,6 +79,7 @@ def test_static_forward_matches_the_model_without_pruning():
     (["--batch", "0"], "--batch must be >= 1"),
     (["--classes", "0"], "--classes must be >= 1"),
     (["--device", "cuda"], "no CUDA device"),
+    (["--device", "cuda:1"], "--device cuda:1: no CUDA device"),
 ])
 def test_e2e_bad_input(args, msg, capsys):
     if "--device" in args and torch.cuda.is_available():
