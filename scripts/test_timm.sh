@@ -23,4 +23,4 @@ if [ ! -f "$TVENV/.lvtp-installed" ] || [ requirements-timm.txt -nt "$TVENV/.lvt
   touch "$TVENV/.lvtp-installed"
 fi
 LVTP_DISABLE_EXT=1 LVTP_REQUIRE_TIMM=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" \
-  "$TVENV/bin/python" -m pytest -q -p no:cacheprovider tests/test_adapters.py -k timm "$@"
+  "$TVENV/bin/python" -m pytest -q -p no:cacheprovider tests/test_adapters.py tests/test_dense_adapters.py tests/test_model.py -k timm "$@"

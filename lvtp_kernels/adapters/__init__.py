@@ -6,9 +6,16 @@ that is not a :class:`lvtp_kernels.models.ViTSegmenter`. Supported:
 * timm ``VisionTransformer`` (``timm.models.vision_transformer``) and every model built on
   it (ViT, DeiT, DeiT-III, DINOv2 in timm, register tokens, no class token, ...):
   :mod:`lvtp_kernels.adapters.timm_vit`.
-* Hugging Face transformers ``ViTModel``, ``ViTForImageClassification``, ``Dinov2Model``
-  and ``Dinov2ForImageClassification`` (eager and SDPA attention):
-  :mod:`lvtp_kernels.adapters.hf_vit`.
+* Hugging Face transformers ``ViTModel``, ``ViTForImageClassification``, ``Dinov2Model``,
+  ``Dinov2ForImageClassification``, ``Dinov2Backbone`` and the DINOv2-with-registers
+  ``Dinov2WithRegistersModel`` / ``...ForImageClassification`` / ``...Backbone`` (eager and
+  SDPA attention): :mod:`lvtp_kernels.adapters.hf_vit`.
+
+A dense model that holds one of these as a submodule (transformers
+``DPTForDepthEstimation`` / ``UperNetForSemanticSegmentation`` with a DINOv2 backbone, a
+user's decoder around a timm ViT) is patched through that submodule:
+``lvtp_kernels.patch(model.backbone, ...)``; ``patch(model)`` raises a TypeError that names
+the submodule (:func:`supported_submodules`).
 
 Recognition goes by the class's MRO (module and class names), so importing this package
 imports neither timm nor transformers; an adapter module is imported only for a model
@@ -16,12 +23,13 @@ whose class comes from its library.
 
 An adapter ("family") has ``name``, ``depth(model)``, ``vit_shape(model, img_size=None,
 **cost_options)`` (the cost model, python_ref.flops.ViTShape) and ``patched_class(cls)``
-(a subclass made once per class, with ``_lvtp_original_class = cls``).
+(a subclass made once per class, with ``_lvtp_original_class = cls``; pickling rebuilds
+it from the original class, :func:`find_adapter_for_class`).
 """
 
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import List, Optional, Tuple
 
 from torch import nn
 
@@ -31,6 +39,10 @@ SUPPORTED_NAMES: Tuple[str, ...] = (
     "transformers ViTForImageClassification",
     "transformers Dinov2Model",
     "transformers Dinov2ForImageClassification",
+    "transformers Dinov2Backbone",
+    "transformers Dinov2WithRegistersModel",
+    "transformers Dinov2WithRegistersForImageClassification",
+    "transformers Dinov2WithRegistersBackbone",
 )
 
 # (module prefix, class name) -> adapter; matched against every class of the model's MRO
@@ -40,6 +52,10 @@ _HF_CLASSES = (
     ("transformers.models.vit.", "ViTForImageClassification"),
     ("transformers.models.dinov2.", "Dinov2Model"),
     ("transformers.models.dinov2.", "Dinov2ForImageClassification"),
+    ("transformers.models.dinov2.", "Dinov2Backbone"),
+    ("transformers.models.dinov2_with_registers.", "Dinov2WithRegistersModel"),
+    ("transformers.models.dinov2_with_registers.", "Dinov2WithRegistersForImageClassification"),
+    ("transformers.models.dinov2_with_registers.", "Dinov2WithRegistersBackbone"),
 )
 
 
@@ -60,7 +76,11 @@ def hf_kind(cls: type) -> Optional[str]:
 
 def find_adapter(model: nn.Module):
     """The adapter of ``model``'s family, or None when no adapter supports it."""
-    cls = type(model)
+    return find_adapter_for_class(type(model))
+
+
+def find_adapter_for_class(cls: type):
+    """The adapter of the model class ``cls``, or None."""
     if _mro_match(cls, _TIMM_CLASSES) is not None:
         from . import timm_vit
 
@@ -72,4 +92,19 @@ def find_adapter(model: nn.Module):
     return None
 
 
-__all__ = ["SUPPORTED_NAMES", "find_adapter", "hf_kind"]
+def supported_submodules(model: nn.Module, limit: int = 3) -> List[str]:
+    """Dotted names (``"backbone"``, ``"encoder.vit"``) of the outermost submodules of
+    ``model`` that an adapter patches, at most ``limit`` of them; for the error that
+    tells what to patch in a model no adapter supports as a whole."""
+    found: List[str] = []
+    for name, sub in model.named_modules():
+        if not name or any(name.startswith(f + ".") for f in found):
+            continue
+        if find_adapter(sub) is not None:
+            found.append(name)
+            if len(found) >= limit:
+                break
+    return found
+
+
+__all__ = ["SUPPORTED_NAMES", "find_adapter", "find_adapter_for_class", "hf_kind", "supported_submodules"]

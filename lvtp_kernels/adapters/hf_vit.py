@@ -1,5 +1,7 @@
 """LVTP for Hugging Face transformers ``ViTModel``, ``ViTForImageClassification``,
-``Dinov2Model`` and ``Dinov2ForImageClassification`` (eager and SDPA attention, i.e. any
+``Dinov2Model``, ``Dinov2ForImageClassification``, ``Dinov2Backbone`` and the DINOv2 with
+registers ``Dinov2WithRegistersModel`` / ``Dinov2WithRegistersForImageClassification`` /
+``Dinov2WithRegistersBackbone`` (eager and SDPA attention, i.e. any
 ``config._attn_implementation``: blocks that are not a stage run their own forward).
 
 The patched class overrides ``forward``. With active stages it runs the embeddings (the
@@ -7,16 +9,34 @@ model's own, position-embedding interpolation and ``bool_masked_pos`` included),
 layers with pruning at the stages (a stage layer's attention comes from
 ``torch.ops.lvtp.attention_entropy``, with DINOv2's layer scale and drop path), rebuilds
 the full token map (spec step 7) and applies the final ``layernorm`` and the model's own
-pooling / classifier, so
+pooling / classifier / feature maps, so
 
-* ``last_hidden_state`` is (B, 1 + patches, C) as unpatched, ``pooler_output`` and
+* ``last_hidden_state`` is (B, P + patches, C) as unpatched, ``pooler_output`` and
   ``logits`` keep their shapes; ``labels=`` gives ``loss`` through ``self.loss_function``;
-* ``output_attentions=True`` and ``output_hidden_states=True`` raise a ValueError
-  (attention maps are never materialised; per-layer hidden states have pruned token
-  counts); so do ``attention_mask`` / ``head_mask``; options go by keyword;
-* protected tokens: the class token;
+* ``output_hidden_states=True`` (or an index / a list of indices, as transformers 5
+  selects them; or ``config.output_hidden_states``) returns ``hidden_states`` as
+  unpatched: the embedding output and the output of every layer (unnormalised), each a
+  full token map. The rule for layer ``L`` (shared with timm's ``forward_intermediates``):
+  the tokens active after layer ``L`` (after its pruning when ``L`` is a stage) go through
+  the reconstruction of every stage at or before ``L``, last first; stages after ``L`` do
+  not apply. Layers before the first stage are their own outputs; ``hidden_states[-1]``
+  is exactly the map ``last_hidden_state`` is the ``layernorm`` of;
+* backbones (``Dinov2Backbone``, ``Dinov2WithRegistersBackbone``: what DPT
+  (``DPTForDepthEstimation``), UperNet and Mask2Former-style heads load) return
+  ``feature_maps`` for ``out_features`` / ``out_indices`` from those full token maps
+  (``apply_layernorm`` and ``reshape_hidden_states`` as the backbone applies them):
+  (B, C, H/p, W/p) maps or (B, P + patches, C) tokens, the unpatched shapes;
+* a dense model that holds a supported backbone is patched through it:
+  ``lvtp_kernels.patch(model.backbone, ...)`` (``patch(model)`` on the outer model raises
+  a TypeError that names the backbone);
+* ``output_attentions=True`` raises a ValueError (attention maps are never
+  materialised); so do ``attention_mask`` / ``head_mask``; options go by keyword;
+* protected tokens: the class token (and DINOv2's register tokens);
 * edge term: the Sobel energy of ``pixel_values``, i.e. the *normalised* image the image
-  processor gives; skipped when it is not 3-channel or the patch is not square.
+  processor gives; skipped when it is not 3-channel or the patch is not square;
+* ``save_pretrained`` writes what the unpatched model would (the original class name in
+  ``config.architectures``; the same weights), ``state_dict`` is unchanged, and the
+  model pickles (``torch.save`` of the whole model, ``copy.deepcopy``) as a patched model.
 
 Layouts: transformers 5 (``q_proj``/``k_proj``/``v_proj``/``o_proj``, ``ViTModel.layers``)
 is tested; the transformers 4 layout (``attention.attention.query``...,
@@ -25,28 +45,48 @@ is tested; the transformers 4 layout (``attention.attention.query``...,
 
 from __future__ import annotations
 
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Collection, Dict, Optional, Sequence, Set, Tuple
 
 import torch
 from torch import Tensor, nn
 
 from python_ref.flops import ViTShape
 
-from ..models.patching import _LVTPMixin, warn_if_grad
+from ..models.patching import warn_if_grad
 from ..registry import trusted_inputs
 from . import hf_kind
-from ._common import attention_entropy, linear_flops, make_patched_class, pair, pruned_blocks, single_patch_size
+from ._common import (
+    AdapterMixin, attention_entropy, linear_flops, make_patched_class, pair, pruned_blocks_with_intermediates,
+    single_patch_size,
+)
 
-# the submodule holding the ViT / DINOv2 base model of each supported class
-BASE_ATTR = {"ViTModel": None, "ViTForImageClassification": "vit", "Dinov2Model": None, "Dinov2ForImageClassification": "dinov2"}
+# per supported class: the submodule holding its ViT / DINOv2 base model, and its head
+KINDS: Dict[str, Tuple[Optional[str], str]] = {
+    "ViTModel": (None, "model"),
+    "ViTForImageClassification": ("vit", "vit_classifier"),
+    "Dinov2Model": (None, "model"),
+    "Dinov2ForImageClassification": ("dinov2", "dinov2_classifier"),
+    "Dinov2Backbone": (None, "backbone"),
+    "Dinov2WithRegistersModel": (None, "model"),
+    "Dinov2WithRegistersForImageClassification": ("dinov2_with_registers", "dinov2_classifier"),
+    "Dinov2WithRegistersBackbone": (None, "backbone"),
+}
+BASE_ATTR = {kind: attr for kind, (attr, _) in KINDS.items()}
 # keyword options the pruned forward understands; others must be None / False
-_KNOWN = ("bool_masked_pos", "interpolate_pos_encoding", "labels", "return_dict")
-_MUST_BE_UNSET = ("attention_mask", "head_mask")
+_KNOWN = ("bool_masked_pos", "interpolate_pos_encoding", "labels", "return_dict", "output_hidden_states", "output_attentions")
+_NOT_FOR_BACKBONES = ("bool_masked_pos", "interpolate_pos_encoding", "labels")
 
 
 def base_model(model: nn.Module, kind: str) -> nn.Module:
     attr = BASE_ATTR[kind]
     return model if attr is None else getattr(model, attr)
+
+
+def num_prefix(base: nn.Module, kind: str) -> int:
+    """Protected tokens: the class token, and the register tokens of DINOv2 with registers."""
+    if kind.startswith("Dinov2WithRegisters"):
+        return 1 + int(getattr(base.config, "num_register_tokens", 0) or 0)
+    return 1
 
 
 def layers(base: nn.Module) -> nn.ModuleList:
@@ -116,10 +156,54 @@ def _unsupported(msg: str) -> ValueError:
     return ValueError(f"an LVTP-patched transformers model {msg}")
 
 
-class _HFLVTPMixin(_LVTPMixin):
-    """Overrides ``forward`` of the supported transformers classes with the pruning."""
+def _is_set(value) -> bool:
+    return value is not None and value is not False
+
+
+def hidden_selection(value, n: int) -> Optional[Set[int]]:
+    """The hidden-state indices (of ``n``) that ``output_hidden_states=value`` asks for:
+    None when it is unset / False, all for True, else an index or a list of indices
+    (negative from the end; out of range selects nothing), as transformers 5 reads it."""
+    if value is None or value is False:
+        return None
+    if value is True:
+        return set(range(n))
+    items = [value] if isinstance(value, int) else value
+    try:
+        idx = [int(i) for i in items]
+    except (TypeError, ValueError):
+        raise _unsupported(f"takes output_hidden_states as a bool, an int or a list of ints, got {value!r}") from None
+    return {i % n for i in idx if -n <= i < n}
+
+
+def _option(kwargs: Dict[str, object], cfg, name: str):
+    value = kwargs.get(name)
+    return getattr(cfg, name, None) if value is None else value
+
+
+class _HFLVTPMixin(AdapterMixin):
+    """Overrides ``forward`` of the supported transformers classes with the pruning, and
+    ``save_pretrained`` so that it saves what the unpatched model would."""
 
     _lvtp_hf_kind: str
+
+    def _lvtp_pickle_state(self) -> dict:
+        """The module state without transformers 5's output-capturing hooks (local
+        functions pickle cannot store; transformers installs them again when a forward
+        asks for hidden states), so a patched model pickles even after such a forward."""
+        if not any(_capture_hooks(m) for m in self.modules()):
+            return self.__getstate__()
+        return _without_capture_hooks(self, {}).__dict__
+
+    def save_pretrained(self, *args, **kwargs):
+        """The original class's ``save_pretrained``, run as the original class (so
+        ``config.architectures`` names it, and a load gives an unpatched model)."""
+        patched = type(self)
+        self.__class__ = patched._lvtp_original_class
+        try:
+            return self.save_pretrained(*args, **kwargs)
+        finally:
+            self.__class__ = patched
 
     def forward(self, pixel_values: Optional[Tensor] = None, *args, **kwargs):
         st = self._lvtp
@@ -130,58 +214,138 @@ class _HFLVTPMixin(_LVTPMixin):
         if pixel_values is None:
             raise ValueError("pixel_values is required")
         cfg = self.config
-        if kwargs.get("output_attentions") or getattr(cfg, "output_attentions", False):
+        if _option(kwargs, cfg, "output_attentions"):
             raise _unsupported("never materialises attention maps: output_attentions=True is not supported")
-        if kwargs.get("output_hidden_states") or getattr(cfg, "output_hidden_states", False):
-            raise _unsupported("does not return per-layer hidden states (pruned layers see fewer tokens)")
         for key, value in kwargs.items():
-            if key not in _KNOWN and value is not None and value is not False:
+            if key not in _KNOWN and _is_set(value):
                 raise _unsupported(f"does not support {key}=")
         kind = self._lvtp_hf_kind
+        head = KINDS[kind][1]
+        if head == "backbone":
+            for key in _NOT_FOR_BACKBONES:
+                if _is_set(kwargs.get(key)):
+                    raise _unsupported(f"backbone ({kind}) takes no {key}=")
+        elif head == "model" and kwargs.get("labels") is not None:
+            raise _unsupported(f"{kind} takes no labels")
         base = base_model(self, kind)
-        seq = _features(base, kind, st, pixel_values, kwargs.get("bool_masked_pos"), kwargs.get("interpolate_pos_encoding"))
-        from transformers.modeling_outputs import BaseModelOutputWithPooling, ImageClassifierOutput
-
-        if kind in ("ViTModel", "Dinov2Model"):
-            if kwargs.get("labels") is not None:
-                raise _unsupported(f"{kind} takes no labels")
-            if kind == "ViTModel":
-                pooled = self.pooler(seq) if getattr(self, "pooler", None) is not None else None
-            else:
-                pooled = seq[:, 0, :]
-            out = BaseModelOutputWithPooling(last_hidden_state=seq, pooler_output=pooled)
+        p = num_prefix(base, kind)
+        n_states = len(layers(base)) + 1  # the embedding output, then every layer's
+        selected = hidden_selection(_option(kwargs, cfg, "output_hidden_states"), n_states)
+        need = set(selected or ())
+        if head == "backbone":
+            feature_idx = [i for i, stage in enumerate(self.stage_names) if stage in self.out_features]
+            need |= set(feature_idx)
+        emb, final, inter = _features(
+            base, kind, st, pixel_values, kwargs.get("bool_masked_pos"), kwargs.get("interpolate_pos_encoding"),
+            {i - 1 for i in need if i >= 1}, p,
+        )
+        states = {0: emb, **{i + 1: t for i, t in inter.items()}}
+        hidden_states = None if selected is None else tuple(states[i] if i in selected else None for i in range(n_states))
+        if head == "backbone":
+            out = self._lvtp_backbone_output(base, pixel_values, states, feature_idx, hidden_states, p)
         else:
-            if kind == "ViTForImageClassification":
-                logits = self.classifier(seq[:, 0, :])
-            else:
-                logits = self.classifier(torch.cat([seq[:, 0], seq[:, 1:].mean(dim=1)], dim=1))
-            labels = kwargs.get("labels")
-            loss = None
-            if labels is not None:
-                loss = self.loss_function(labels, logits, self.config)
-            out = ImageClassifierOutput(loss=loss, logits=logits)
-        if kwargs.get("return_dict") is False:
+            out = _head_output(self, kind, head, base.layernorm(final), hidden_states, kwargs.get("labels"), p)
+        if _option(kwargs, cfg, "return_dict") is False:
             return out.to_tuple()
         return out
 
+    def _lvtp_backbone_output(self, base, pixel_values, states, feature_idx, hidden_states, p):
+        """``feature_maps`` as the DINOv2 backbones build them from their hidden states."""
+        from transformers.modeling_outputs import BackboneOutput
 
-def _features(base: nn.Module, kind: str, st, pixel_values: Tensor, bool_masked_pos, interpolate_pos_encoding) -> Tensor:
-    """Embeddings, the pruned layers and the final layernorm: (B, 1 + patches, C)."""
+        cfg = self.config
+        maps = []
+        for i in feature_idx:
+            h = states[i]
+            if getattr(cfg, "apply_layernorm", True):
+                h = base.layernorm(h)
+            if getattr(cfg, "reshape_hidden_states", True):
+                h = h[:, p:]
+                b, _, height, width = pixel_values.shape
+                ph, pw = pair(base.embeddings.patch_embeddings.patch_size)
+                # (height // ph, width // pw) as transformers reshapes it
+                h = h.reshape(b, height // ph, width // pw, -1).permute(0, 3, 1, 2).contiguous()
+            maps.append(h)
+        return BackboneOutput(feature_maps=tuple(maps), hidden_states=hidden_states)
+
+
+def _head_output(model: nn.Module, kind: str, head: str, seq: Tensor, hidden_states, labels, p: int):
+    from transformers.modeling_outputs import BaseModelOutputWithPooling, ImageClassifierOutput
+
+    if head == "model":
+        if kind == "ViTModel":
+            pooled = model.pooler(seq) if getattr(model, "pooler", None) is not None else None
+        else:
+            pooled = seq[:, 0, :]
+        return BaseModelOutputWithPooling(last_hidden_state=seq, pooler_output=pooled, hidden_states=hidden_states)
+    if head == "vit_classifier":
+        logits = model.classifier(seq[:, 0, :])
+    else:  # DINOv2: class token and the mean of the patch tokens (registers excluded)
+        logits = model.classifier(torch.cat([seq[:, 0], seq[:, p:].mean(dim=1)], dim=1))
+    loss = model.loss_function(labels, logits, model.config) if labels is not None else None
+    return ImageClassifierOutput(loss=loss, logits=logits, hidden_states=hidden_states)
+
+
+def _features(
+    base: nn.Module, kind: str, st, pixel_values: Tensor, bool_masked_pos, interpolate_pos_encoding,
+    take: Collection[int] = (), p: int = 1,
+) -> Tuple[Tensor, Tensor, Dict[int, Tensor]]:
+    """Embeddings and the pruned layers: the embedding output, the full token map after
+    the last layer (before the final ``layernorm``) and ``{layer: full token map}`` for
+    each layer in ``take``, all (B, P + patches, C)."""
     emb = base.embeddings
     dtype = emb.patch_embeddings.projection.weight.dtype
     if pixel_values.dtype != dtype:
         pixel_values = pixel_values.to(dtype)
     if kind.startswith("ViT"):
         x = emb(pixel_values, bool_masked_pos=bool_masked_pos, interpolate_pos_encoding=bool(interpolate_pos_encoding))
+    elif KINDS[kind][1] == "backbone":
+        x = emb(pixel_values)
     else:
         x = emb(pixel_values, bool_masked_pos=bool_masked_pos)
     warn_if_grad(x)
     with torch.no_grad(), trusted_inputs():  # the lvtp ops take no gradients
-        x = pruned_blocks(
-            st, list(layers(base)), x, pixel_values, single_patch_size(pair(base.config.patch_size)), 1,
-            block_entropy, _run_layer,
+        final, inter = pruned_blocks_with_intermediates(
+            st, list(layers(base)), x, pixel_values, single_patch_size(pair(base.config.patch_size)), p,
+            block_entropy, _run_layer, take,
         )
-    return base.layernorm(x)
+    return x, final, inter
+
+
+def _capture_hooks(m: nn.Module):
+    """The ids of ``m``'s forward hooks that transformers' output capturing installed."""
+    return [k for k, fn in m._forward_hooks.items() if "output_capturing" in (getattr(fn, "__module__", "") or "")
+            and (getattr(fn, "__module__", "") or "").startswith("transformers.")]
+
+
+def _without_capture_hooks(m: nn.Module, memo: Dict[int, nn.Module]) -> nn.Module:
+    """A shallow copy of the module tree of ``m`` (parameters and buffers shared) without
+    the output-capturing hooks, each copy marked as not hooked."""
+    if id(m) in memo:
+        return memo[id(m)]
+    clone = object.__new__(type(m))
+    memo[id(m)] = clone
+    state = m.__getstate__()
+    drop = set(_capture_hooks(m))
+    if drop:
+        for key in ("_forward_hooks", "_forward_hooks_with_kwargs", "_forward_hooks_always_called"):
+            if key in state:
+                state[key] = type(state[key])((k, v) for k, v in state[key].items() if k not in drop)
+    state.pop("_output_capturing_hooks_installed", None)
+    state["_modules"] = {n: (None if c is None else _without_capture_hooks(c, memo)) for n, c in state["_modules"].items()}
+    clone.__dict__.update(state)
+    return clone
+
+
+def _share_output_recording(cls: type, patched: type) -> None:
+    """transformers 5 looks up what a model records (``output_hidden_states``...) by its
+    class name (``_CAN_RECORD_REGISTRY``, filled at ``__init__``): the patched class
+    records what the original does, so an unpruned forward still returns them."""
+    try:
+        from transformers.utils.output_capturing import _CAN_RECORD_REGISTRY
+    except ImportError:  # transformers 4: no registry
+        return
+    dict.__setitem__(_CAN_RECORD_REGISTRY, str(patched), getattr(cls, "_can_record_outputs", None))
 
 
 _PATCHED: Dict[type, type] = {}
@@ -190,7 +354,7 @@ _PATCHED: Dict[type, type] = {}
 class HFViT:
     """The transformers ViT / DINOv2 family (see the module docstring)."""
 
-    name = "transformers ViTModel / ViTForImageClassification / Dinov2Model / Dinov2ForImageClassification"
+    name = "transformers ViT / DINOv2 (with registers) models, classifiers and backbones"
 
     @staticmethod
     def depth(model: nn.Module) -> int:
@@ -221,7 +385,7 @@ class HFViT:
             num_heads=heads,
             num_patches=num_patches,
             mlp_ratio=mlp_macs / (2.0 * dim * dim),
-            num_protected=1,
+            num_protected=num_prefix(base, kind),
             patch_size=ph,
             in_chans=chans,
             num_classes=0,
@@ -234,4 +398,5 @@ class HFViT:
     def patched_class(cls: type) -> type:
         patched = make_patched_class(cls, _HFLVTPMixin, __name__, _PATCHED)
         patched._lvtp_hf_kind = hf_kind(cls)
+        _share_output_recording(cls, patched)
         return patched

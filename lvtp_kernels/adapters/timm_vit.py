@@ -14,22 +14,40 @@ is rebuilt before ``norm``, so ``forward_features`` returns (B, N, C) as before 
 * Edge term: the Sobel energy of the model's input, i.e. the *normalised* image timm
   models take; it is skipped when the input is not 3-channel, the patch is not square, or
   the patch grid is not the token grid (``dynamic_img_pad``, an unusual stem).
-* ``forward_intermediates`` and calls with ``attn_mask``/``is_causal`` are not pruned
-  (the latter raise a ValueError on a patched model with active stages).
+* ``forward_intermediates`` (what timm's dense heads and ``features_only`` wrappers call)
+  prunes too, with timm's signature and semantics (``indices`` as in
+  ``feature_take_indices``, ``norm``, ``stop_early``, ``output_fmt`` "NCHW" / "NLC",
+  ``intermediates_only``, ``return_prefix_tokens``, ``output_dict``): every requested
+  layer comes back as a full token map, the same shape as unpatched. The rule for a
+  layer ``L``: the tokens active after block ``L`` (after its pruning when ``L`` is a
+  stage) go through the reconstruction (spec step 7, the model's ``reconstruct`` mode)
+  of every stage at or before ``L``, last first; stages after ``L`` do not apply. So
+  layers before the first stage are the blocks' own outputs, and the last block's
+  intermediate is exactly ``forward_features``' map before ``norm`` (after it with
+  ``norm=True``); the final features (``intermediates_only=False``) are ``norm`` of the
+  map after the last block run (the last requested one with ``stop_early=True``, as timm).
+* Calls with ``attn_mask``/``is_causal`` are not pruned: they raise a ValueError on a
+  patched model with active stages (``forward_features`` and ``forward_intermediates``).
+* A patched model pickles (``torch.save`` of the whole model, ``copy.deepcopy``) as a
+  patched model; its ``state_dict`` is the unpatched one's.
 """
 
 from __future__ import annotations
 
-from typing import Dict, Optional, Sequence, Tuple
+import inspect
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
 
 from python_ref.flops import ViTShape
 
-from ..models.patching import _LVTPMixin, warn_if_grad
+from ..models.patching import warn_if_grad
 from ..registry import trusted_inputs
-from ._common import attention_entropy, linear_flops, make_patched_class, pair, pruned_blocks, single_patch_size
+from ._common import (
+    AdapterMixin, attention_entropy, linear_flops, make_patched_class, pair, pruned_blocks_with_intermediates,
+    single_patch_size,
+)
 
 _IDENTITY = nn.Identity()
 BLOCK_ATTRS = ("norm1", "attn", "norm2", "mlp")
@@ -92,18 +110,29 @@ def _patch_size(model: nn.Module) -> Tuple[int, int]:
     return pair(p)
 
 
-class _TimmLVTPMixin(_LVTPMixin):
-    """Overrides ``VisionTransformer.forward_features`` with the progressive pruning."""
+def _no_mask(where: str, options: Dict[str, object]) -> None:
+    bad = sorted(k for k, v in options.items() if v is not None and v is not False)
+    if bad:
+        raise ValueError(
+            f"an LVTP-patched timm VisionTransformer prunes without attention masks: {where} does not support "
+            f"attn_mask / is_causal / other options here (got {bad})"
+        )
 
-    def forward_features(self, x: Tensor, *args, **kwargs) -> Tensor:
-        st = self._lvtp
-        if not st.stages:
-            return super().forward_features(x, *args, **kwargs)
-        if args or any(v is not None and v is not False for v in kwargs.values()):
-            raise ValueError(
-                "an LVTP-patched timm VisionTransformer prunes without attention masks: "
-                f"attn_mask / is_causal / other options are not supported (got {sorted(kwargs)} and {len(args)} positional)"
-            )
+
+# forward_intermediates options the pruned version implements, with timm's defaults
+_INTERMEDIATE_OPTIONS = dict(
+    indices=None, return_prefix_tokens=False, norm=False, stop_early=False, output_fmt="NCHW",
+    intermediates_only=False, output_dict=False,
+)
+
+
+class _TimmLVTPMixin(AdapterMixin):
+    """Overrides ``VisionTransformer.forward_features`` and ``forward_intermediates`` with
+    the progressive pruning."""
+
+    def _lvtp_run(self, x: Tensor, blocks, take=()) -> Tuple[Tensor, Dict[int, Tensor]]:
+        """The stem as timm runs it, then the pruned ``blocks``: (full map after the last
+        of them, {requested block: full map}), before ``norm``."""
         image = x
         x = self.patch_embed(x)
         x = self._pos_embed(x)
@@ -111,11 +140,79 @@ class _TimmLVTPMixin(_LVTPMixin):
         x = _get(self, "norm_pre")(x)
         warn_if_grad(x)
         with torch.no_grad(), trusted_inputs():  # the lvtp ops take no gradients
-            x = pruned_blocks(
-                st, list(self.blocks), x, image, single_patch_size(_patch_size(self)), int(self.num_prefix_tokens),
-                block_entropy, _run_block,
+            return pruned_blocks_with_intermediates(
+                self._lvtp, list(blocks), x, image, single_patch_size(_patch_size(self)), int(self.num_prefix_tokens),
+                block_entropy, _run_block, take,
             )
-        return self.norm(x)
+
+    def forward_features(self, x: Tensor, *args, **kwargs) -> Tensor:
+        st = self._lvtp
+        if not st.stages:
+            return super().forward_features(x, *args, **kwargs)
+        if args:
+            raise ValueError(
+                "an LVTP-patched timm VisionTransformer prunes without attention masks: "
+                f"forward_features takes no attn_mask / is_causal ({len(args)} positional options given)"
+            )
+        _no_mask("forward_features", kwargs)
+        return self.norm(self._lvtp_run(x, self.blocks)[0])
+
+    def forward_intermediates(self, x: Tensor, *args, **kwargs):
+        """timm's ``forward_intermediates`` with pruning (the module docstring gives the
+        rule for the pruned tokens of an intermediate layer)."""
+        st = self._lvtp
+        if not st.stages:
+            return super().forward_intermediates(x, *args, **kwargs)
+        # bind by timm's own signature (options by position or keyword, as this timm has them)
+        sig = inspect.signature(super().forward_intermediates)
+        bound = sig.bind(x, *args, **kwargs)
+        opts = dict(_INTERMEDIATE_OPTIONS)
+        other = {}
+        for name, value in bound.arguments.items():
+            if name == next(iter(sig.parameters)):
+                continue
+            if name in opts:
+                opts[name] = value
+            elif sig.parameters[name].kind is inspect.Parameter.VAR_KEYWORD:
+                other.update(value)
+            else:
+                other[name] = value
+        _no_mask("forward_intermediates", other)
+        from timm.models._features import feature_take_indices
+
+        output_fmt = opts["output_fmt"]
+        assert output_fmt in ("NCHW", "NLC"), "Output format must be one of NCHW or NLC."
+        take_indices, max_index = feature_take_indices(len(self.blocks), opts["indices"])
+        take = sorted(set(int(i) for i in take_indices))  # block order, as timm appends them
+        b, _, height, width = x.shape
+        blocks = self.blocks[: max_index + 1] if opts["stop_early"] else self.blocks
+        final, inter = self._lvtp_run(x, blocks, take)
+        norm = opts["norm"]
+        intermediates: List[Tensor] = [self.norm(inter[i]) if norm else inter[i] for i in take]
+        p = int(self.num_prefix_tokens)
+        prefix_tokens = None
+        if p:
+            prefix_tokens = [y[:, 0:p] for y in intermediates]
+            intermediates = [y[:, p:] for y in intermediates]
+        if output_fmt == "NCHW":
+            pe = self.patch_embed
+            if hasattr(pe, "dynamic_feat_size"):
+                h, w = pe.dynamic_feat_size((height, width))
+            else:
+                h, w = pe.grid_size
+            intermediates = [y.reshape(b, h, w, -1).permute(0, 3, 1, 2).contiguous() for y in intermediates]
+        if opts["output_dict"]:
+            result = {"image_intermediates": intermediates}
+            if prefix_tokens is not None and opts["return_prefix_tokens"]:
+                result["image_intermediates_prefix"] = prefix_tokens
+            if not opts["intermediates_only"]:
+                result["image_features"] = self.norm(final)
+            return result
+        if opts["return_prefix_tokens"] and prefix_tokens is not None:
+            intermediates = list(zip(intermediates, prefix_tokens))
+        if opts["intermediates_only"]:
+            return intermediates
+        return self.norm(final), intermediates
 
 
 _PATCHED: Dict[type, type] = {}

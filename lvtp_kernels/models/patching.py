@@ -217,7 +217,16 @@ def model_family(model: nn.Module):
     family = adapters.find_adapter(model) if adapters is not None else None
     if family is None:
         names = [_OwnViT.name] + (list(adapters.SUPPORTED_NAMES) if adapters is not None else [])
-        raise TypeError(f"patch: unsupported model {type(model).__name__}; supported: {', '.join(names)}")
+        subs = adapters.supported_submodules(model) if adapters is not None else []
+        hint = ""
+        if subs:  # a dense model around a supported backbone (DPT, UperNet, a custom decoder)
+            plain = all(part.isidentifier() for part in subs[0].split("."))
+            ref = f"model.{subs[0]}" if plain else f"model.get_submodule({subs[0]!r})"
+            hint = (
+                f"; it holds a supported backbone: patch that submodule instead, "
+                f"lvtp_kernels.patch({ref}, ...) (supported submodules: {', '.join(subs)})"
+            )
+        raise TypeError(f"patch: unsupported model {type(model).__name__}{hint}; supported: {', '.join(names)}")
     return family
 
 
