@@ -75,21 +75,6 @@ def pruned_blocks_with_intermediates(
     return full, inter
 
 
-def pruned_blocks(
-    st: LVTPState,
-    blocks: Sequence[nn.Module],
-    x: Tensor,
-    image: Optional[Tensor],
-    patch_size: Optional[int],
-    num_prefix: int,
-    block_entropy: Callable[[nn.Module, Tensor, Sequence[float]], Tuple[Tensor, Tensor]],
-    run_block: Callable[[nn.Module, Tensor], Tensor],
-) -> Tensor:
-    """:func:`pruned_blocks_with_intermediates` without intermediates: the full token map
-    after the last block."""
-    return pruned_blocks_with_intermediates(st, blocks, x, image, patch_size, num_prefix, block_entropy, run_block)[0]
-
-
 def single_patch_size(p) -> Optional[int]:
     """An int patch size from an int or an (h, w) pair; None when h != w."""
     if isinstance(p, int):
@@ -151,6 +136,6 @@ def make_patched_class(cls: type, mixin: type, module_name: str, registry: Dict[
 
 
 __all__ = [
-    "AdapterMixin", "_LVTPMixin", "attention_entropy", "edge_for", "pruned_blocks", "pruned_blocks_with_intermediates",
+    "AdapterMixin", "_LVTPMixin", "attention_entropy", "edge_for", "pruned_blocks_with_intermediates",
     "make_patched_class", "rebuild_patched",
 ]
