@@ -95,7 +95,7 @@ def main(argv=None) -> int:
         try:
             rec = bench.run_e2e(arch, size, batch, dtype, args.device, (0.2, 0.3, 0.45), methods.split(","),
                                 repeats=args.repeats, max_s=args.max_seconds, ceilings=dtype not in ceilings,
-                                classes=args.classes, breakdown=args.breakdown)
+                                classes=args.classes, breakdown=args.breakdown, log=tqdm.write)
         except Exception as exc:  # noqa: BLE001 - one failed config must not lose the others
             msg = f"### {arch} {size} batch {batch} {dtype}: FAILED {type(exc).__name__}: {exc}"
             tqdm.write(msg)

@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import logging
 import os
 import statistics
 import sys
@@ -294,8 +295,10 @@ def run_e2e(arch: str = "vit_b", size: Optional[Tuple[int, int]] = None, batch: 
             device: str = "cuda", reductions: Sequence[float] = (0.2, 0.3, 0.45), methods: Sequence[str] = ("lvtp",),
             graphs: str = "auto", repeats: int = 50, max_s: float = 5.0, warmup: int = 5, overhead: bool = True,
             ceilings: bool = True, threads: Optional[int] = None, classes: int = 150, breakdown: bool = False,
-            log=print) -> dict:
-    """The e2e benchmark; returns the JSON record (see the module docstring)."""
+            log: Optional[Callable[[str], None]] = None) -> dict:
+    """The e2e benchmark; returns the JSON record (see the module docstring). ``log``: progress
+    lines (default: this module's logger)."""
+    log = log or logging.getLogger(__name__).info
     from .baselines import make_runner, parse_method, release
     from .evaluate import method_gflops, method_schedule
 
@@ -453,11 +456,13 @@ def _benchmarks_package():
     return common
 
 
-def run_ops(quick: bool = False, only: Optional[Sequence[str]] = None, log=print) -> List[dict]:
+def run_ops(quick: bool = False, only: Optional[Sequence[str]] = None,
+            log: Optional[Callable[[str], None]] = None) -> List[dict]:
     """Run the per-op microbenchmarks (their own tables print as they go) and return every
     row, tagged with its benchmark, for one combined table."""
     import importlib
 
+    log = log or logging.getLogger(__name__).info
     common = _benchmarks_package()
     names = list(only) if only else list(OP_BENCHES)
     for n in names:
@@ -564,7 +569,7 @@ def cmd_e2e(args: argparse.Namespace) -> int:
     try:
         rec = run_e2e(arch, size, args.batch, dtype, dev, reductions, methods, args.graphs, args.repeats,
                       args.max_seconds, args.warmup, not args.no_overhead, not args.no_ceilings, args.threads,
-                      args.classes, args.breakdown)
+                      args.classes, args.breakdown, log=print)
     except ValueError as exc:
         print(f"lvtp bench e2e: {exc}", file=sys.stderr)
         return 2
@@ -584,7 +589,7 @@ def cmd_e2e(args: argparse.Namespace) -> int:
 def cmd_ops(args: argparse.Namespace) -> int:
     only = [s.strip() for s in args.only.split(",")] if args.only else None
     try:
-        rows = run_ops(args.quick, only)
+        rows = run_ops(args.quick, only, log=print)
     except (RuntimeError, ValueError) as exc:
         print(f"lvtp bench ops: {exc}", file=sys.stderr)
         return 2
