@@ -25,6 +25,8 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
+from .data.camvid import read_image
+
 ASSETS = Path(__file__).resolve().parent / "assets"
 DEMO_IMAGES = ("camvid_val_0016E5_07959", "camvid_val_0016E5_08027", "camvid_val_0016E5_08095")
 MAX_SIDE = 4096  # --size: larger sides are a typo, not a ViT input
@@ -35,42 +37,6 @@ class CLIError(ValueError):
 
 
 # --------------------------------------------------------------------------- input checks
-def read_rgb_image(path, what: str = "image"):
-    """The image file ``path`` as a (3, H, W) uint8 tensor; a missing, unreadable, corrupt
-    or not RGB-convertible file raises an error that names it."""
-    import numpy as np
-    from PIL import Image
-
-    p = Path(path)
-    if not p.exists():
-        raise FileNotFoundError(f"{what} {str(p)!r} not found")
-    if p.is_dir():
-        raise CLIError(f"{what} {str(p)!r} is a folder, not an image file")
-    if not os.access(p, os.R_OK):
-        raise PermissionError(f"{what} {str(p)!r} is not readable (permission denied)")
-    try:
-        with Image.open(p) as im:
-            im.load()  # decodes now: a truncated file fails here, not later
-            rgb = im.convert("RGB")
-    except Image.DecompressionBombError as exc:
-        raise CLIError(f"{what} {str(p)!r} is too large to decode safely ({exc})") from None
-    except Exception as exc:  # noqa: BLE001 - whatever PIL raises, the file is at fault
-        if type(exc).__name__ == "UnidentifiedImageError":
-            why = "not an image file PIL can read (corrupt, or another format)"
-        else:
-            why = f"cannot be decoded as an RGB image ({type(exc).__name__}: {_one_line(exc)})"
-        raise CLIError(f"{what} {str(p)!r}: {why}") from None
-    arr = np.asarray(rgb, dtype=np.uint8)
-    if arr.ndim != 3 or arr.shape[2] != 3 or arr.shape[0] < 1 or arr.shape[1] < 1:
-        raise CLIError(f"{what} {str(p)!r}: expected an H x W RGB image, got an array of shape {arr.shape}")
-    return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()
-
-
-def load_photo(path):
-    """An RGB image file as a (3, H, W) uint8 tensor (errors name the file)."""
-    return read_rgb_image(path)
-
-
 def load_model_arg(path: Optional[str], flag: str = "--model"):
     """``load_reference(path)`` with any failure turned into an error naming ``flag`` and the
     file: a missing file, a file that is not an lvtp checkpoint, one with wrong shapes."""
@@ -431,8 +397,8 @@ def _demo_inputs(args):
 
     if args.image:
         path = Path(args.image)
-        return [(path.stem, read_rgb_image(path, "--image"), None)]
-    return [(name, load_photo(ASSETS / f"{name}.png"), read_label(str(ASSETS / f"{name}_label.png")))
+        return [(path.stem, read_image(path, "--image"), None)]
+    return [(name, read_image(ASSETS / f"{name}.png"), read_label(str(ASSETS / f"{name}_label.png")))
             for name in DEMO_IMAGES]
 
 

@@ -249,9 +249,10 @@ def run_viz(args) -> int:
     an error naming the file or argument (``lvtp.cli.main`` prints it as one line)."""
     from pathlib import Path
 
-    from .cli import check_output_file, load_model_arg, read_rgb_image, writing
+    from .cli import check_output_file, load_model_arg, writing
+    from .data.camvid import read_image
 
-    photo = read_rgb_image(args.image, "image")
+    photo = read_image(args.image, "image")
     check_output_file(args.out, "--out")
     model = load_model_arg(args.model)
     panels, schedule = viz_panels(model, photo, args.reduction)

@@ -83,11 +83,36 @@ def read_pairs(data_dir: str, split: str) -> List[Tuple[str, str]]:
     return chosen
 
 
-def read_image(path: str) -> Tensor:
+def read_image(path, what: str = "image") -> Tensor:
+    """The image file ``path`` as a (3, H, W) uint8 tensor. A missing, unreadable, corrupt
+    or not RGB-convertible file raises an error (ValueError, FileNotFoundError or
+    PermissionError) whose message starts with ``what`` and names the file."""
     from PIL import Image
 
-    with Image.open(path) as im:
-        return torch.from_numpy(np.asarray(im.convert("RGB"), dtype=np.uint8).copy()).permute(2, 0, 1).contiguous()
+    p = str(path)
+    if not os.path.exists(p):
+        raise FileNotFoundError(f"{what} {p!r} not found")
+    if os.path.isdir(p):
+        raise ValueError(f"{what} {p!r} is a folder, not an image file")
+    if not os.access(p, os.R_OK):
+        raise PermissionError(f"{what} {p!r} is not readable (permission denied)")
+    try:
+        with Image.open(p) as im:
+            im.load()  # decodes now: a truncated file fails here, not later
+            rgb = im.convert("RGB")
+    except Image.DecompressionBombError as exc:
+        raise ValueError(f"{what} {p!r} is too large to decode safely ({exc})") from None
+    except Exception as exc:  # noqa: BLE001 - whatever PIL raises, the file is at fault
+        if type(exc).__name__ == "UnidentifiedImageError":
+            why = "not an image file PIL can read (corrupt, or another format)"
+        else:
+            msg = " ".join(str(exc).split())[:600] or type(exc).__name__
+            why = f"cannot be decoded as an RGB image ({type(exc).__name__}: {msg})"
+        raise ValueError(f"{what} {p!r}: {why}") from None
+    arr = np.asarray(rgb, dtype=np.uint8)
+    if arr.ndim != 3 or arr.shape[2] != 3 or arr.shape[0] < 1 or arr.shape[1] < 1:
+        raise ValueError(f"{what} {p!r}: expected an H x W RGB image, got an array of shape {arr.shape}")
+    return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()
 
 
 def read_label(path: str) -> Tensor:
