@@ -189,6 +189,10 @@ def run_eval(
     from .models import load_reference
 
     log = log or logging.getLogger(__name__).info
+    if isinstance(bootstrap, bool) or not isinstance(bootstrap, int) or bootstrap < 0:
+        raise ValueError(f"run_eval: bootstrap must be an integer >= 0 (resamples; 0: none), got {bootstrap!r}")
+    if not 0.0 < float(level) < 1.0:
+        raise ValueError(f"run_eval: level must be in (0, 1), got {level!r}")
     if model is None:
         model = load_reference(model_path)
     model.eval()

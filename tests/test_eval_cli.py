@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import math
 import os
 
@@ -513,3 +514,32 @@ def test_train_reference_on_a_sequence_selection_records_it(data_dir, tmp_path):
     assert hp["train_split"] == "except:val" and hp["val_split"] == "seq:val" and hp["scale"] == [0.4, 1.2]
     with pytest.raises(ValueError, match="scale must be 0 < lo <= hi"):
         train_reference(data_dir, str(tmp_path / "bad"), epochs=1, scale=(1.0, 0.5), log=lambda s: None)
+
+
+@pytest.mark.parametrize("kw,match", [
+    (dict(bootstrap=-1), "bootstrap must be an integer >= 0"),
+    (dict(bootstrap=2.5), "bootstrap must be an integer >= 0"),
+    (dict(level=1.0), r"level must be in \(0, 1\)"),
+])
+def test_run_eval_bad_bootstrap_arguments_name_them(data_dir, model, kw, match):
+    with pytest.raises(ValueError, match=match):
+        run_eval(data_dir, "val", model=model, reductions=[0.3], methods=["random"], limit=1, progress=False,
+                 log=lambda s: None, **kw)
+
+
+@pytest.mark.parametrize("argv,match", [
+    (["eval", "--bootstrap", "-3"], "--bootstrap: expected an integer >= 0, got -3"),
+    (["train-reference", "--out", "o", "--scale", "1.5,0.5"], "--scale: expected 0 < LO <= HI <= 4, got '1.5,0.5'"),
+    (["train-reference", "--out", "o", "--scale", "big"], "--scale: expected LO,HI"),
+])
+def test_cli_bad_protocol_arguments_name_them(data_dir, capsys, argv, match):
+    with pytest.raises(SystemExit) as info:
+        cli.main([argv[0], "--data", data_dir, *argv[1:]])
+    assert info.value.code == 2
+    assert re.search(match, capsys.readouterr().err)
+
+
+def test_cli_eval_unknown_sequence_is_one_line(data_dir, capsys):
+    assert cli.main(["eval", "--data", data_dir, "--split", "seq:nope", "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("lvtp eval: ") and "unknown sequence(s) ['nope']" in err[0]
