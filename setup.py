@@ -1,11 +1,19 @@
 """Build script. Package metadata lives in pyproject.toml.
 
-Compiled clustering ops (csrc/, registered as torch.ops.lvtp_cpp.* and used by the
-"cpp" / "cuda" backends of torch.ops.lvtp.kmeans / select, see lvtp_kernels/_ext.py):
+Compiled kernels (csrc/), as two pybind11 extension modules of plain functions. They
+register no ops: the only op namespace is ``torch.ops.lvtp``, defined in Python, whose
+dispatch policy (validation, the ``LVTP_IMPL`` backend choice) calls these kernels as the
+"cpp" / "cuda" backends through lvtp_kernels/_ext.py:
 
-* ``lvtp_kernels._C``       C++ CPU kernels, always built (torch.utils.cpp_extension).
-* ``lvtp_kernels._C_cuda``  CUDA kernels, built when torch is a CUDA build and nvcc is
-  found (``CUDA_HOME`` overrides where to look).
+* ``lvtp_kernels._C``       C++ CPU kernels, always built (torch.utils.cpp_extension):
+  ``kmeans``, ``select``, ``attention_entropy``, ``patch_edge_energy``, ``gather_tokens``,
+  ``reconstruct_nearest``. One source per op family (csrc/select_cpu.cpp, attention_cpu.cpp,
+  edge_cpu.cpp, tokens_cpu.cpp) on light per-operator ATen headers; the bindings
+  (csrc/bind_cpu.cpp) are the only TU with <torch/extension.h>.
+* ``lvtp_kernels._C_cuda``  CUDA kernels ``kmeans`` and ``select`` (csrc/kmeans_cuda.cu,
+  select_cuda.cu: CUDA runtime only; csrc/bind_cuda.cpp: ATen glue + bindings), built when
+  torch is a CUDA build and nvcc is found (``CUDA_HOME`` overrides where to look).
+  Independent of ``_C``.
 
 Switches: ``LVTP_SKIP_CUDA=1`` never builds the CUDA part; ``LVTP_FORCE_CUDA=1`` builds it
 or fails loudly (also without a visible GPU). ``MAX_JOBS`` limits parallel compiles.
@@ -82,7 +90,8 @@ def _extensions():
         cxx += ["-fopenmp"] if sys.platform != "darwin" else []
     ldflags = ["-fopenmp"] if sys.platform.startswith("linux") else []
     common = dict(include_dirs=[os.path.join(HERE, CSRC)])
-    cpu_sources = [f"{CSRC}/lvtp_cpu.cpp", f"{CSRC}/lvtp_cpu_fused.cpp"]
+    # kernels first (the largest TU, select_cpu.cpp, starts first under MAX_JOBS), bindings last
+    cpu_sources = [f"{CSRC}/{name}.cpp" for name in ("select_cpu", "attention_cpu", "edge_cpu", "tokens_cpu", "bind_cpu")]
     exts = [
         cpp_extension.CppExtension(
             "lvtp_kernels._C", cpu_sources, extra_compile_args={"cxx": cxx}, extra_link_args=ldflags, **common
@@ -107,7 +116,7 @@ def _extensions():
             exts.append(
                 cpp_extension.CUDAExtension(
                     "lvtp_kernels._C_cuda",
-                    [f"{CSRC}/lvtp_cuda.cpp", f"{CSRC}/kmeans_cuda.cu", f"{CSRC}/select_cuda.cu"],
+                    [f"{CSRC}/bind_cuda.cpp", f"{CSRC}/kmeans_cuda.cu", f"{CSRC}/select_cuda.cu"],
                     extra_compile_args={"cxx": ["-O3", std], "nvcc": nvcc_flags},
                     include_dirs=[os.path.join(HERE, CSRC)] + _extra_cuda_includes(nvcc),
                 )

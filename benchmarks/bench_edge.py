@@ -5,7 +5,7 @@
 
 Runs on CUDA when available, else on the CPU with tiny images (the Triton column then
 needs TRITON_INTERPRET=1, and is skipped otherwise). The kernels are timed through the
-launcher (``lvtp_kernels.ops.edge.patch_edge_energy``), without the op's validation.
+launcher (``lvtp_kernels.ops.edge_triton.patch_edge_energy``), without the op's validation.
 The memory floor is one read of the image plus the (B, h*w) fp32 output write.
 torch.compile is timed for the first shape and dtype only (compilation is slow), and
 not by ``--quick`` on the CPU.
@@ -17,9 +17,9 @@ from typing import List
 
 import torch
 
-from benchmarks import common
+from lvtp_kernels.app import microbench as common
 from lvtp_kernels.ops import _common
-from lvtp_kernels.ops import edge as triton_edge
+from lvtp_kernels.ops import edge_triton as triton_edge
 from python_ref import ops as ref
 
 PATCH = 16
@@ -32,19 +32,10 @@ def bench(shapes, dtypes, device, use_compile: bool, repeats: int) -> List[dict]
         for j, dtype in enumerate(dtypes):
             g = torch.Generator(device=device).manual_seed(0)
             image = torch.rand(b, 3, height, width, generator=g, device=device).to(dtype)
-            want = ref.patch_edge_energy(image, PATCH)
-            ref_ms = common.time_ms(lambda: ref.patch_edge_energy(image, PATCH), device, repeats=repeats, max_s=1.0)
-            compile_ms = common.compiled_ms(ref.patch_edge_energy, (image, PATCH), device, use_compile and i == j == 0, repeats)
-            floor = image.numel() * image.element_size() + want.numel() * 4
-            shape = f"B={b} {height}x{width} patch={PATCH}"
-            if triton_ok:
-                got = triton_edge.patch_edge_energy(image, PATCH)
-                ours_ms = common.time_ms(lambda: triton_edge.patch_edge_energy(image, PATCH), device, repeats=repeats)
-                r = common.row(shape, dtype, ref_ms, compile_ms, ours_ms, floor, device)
-                r["max_err"] = f"{(got - want).abs().max().item():.1e}"
-            else:
-                r = common.missing_row(shape, dtype, ref_ms, compile_ms, max_err=None)
-            rows.append(r)
+            floor = image.numel() * image.element_size() + b * (height // PATCH) * (width // PATCH) * 4
+            rows.append(common.compare(f"B={b} {height}x{width} patch={PATCH}", dtype, ref.patch_edge_energy,
+                                       triton_edge.patch_edge_energy, (image, PATCH), floor, device, repeats,
+                                       use_compile and i == j == 0, triton_ok))
     return rows
 
 

@@ -22,7 +22,7 @@ from typing import List
 import torch
 import torch.nn.functional as F
 
-from benchmarks import common
+from lvtp_kernels.app import microbench as common
 
 
 def _nhwc_logits(b: int, classes: int, gh: int, gw: int, dtype, device) -> torch.Tensor:

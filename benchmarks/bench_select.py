@@ -17,7 +17,7 @@ import torch
 
 import lvtp_kernels  # noqa: F401
 import lvtp_kernels._ext as ext
-from benchmarks.common import append_csv, print_table, time_ms
+from lvtp_kernels.app.microbench import append_csv, print_table, time_ms
 from python_ref import ops as ref
 
 

@@ -11,9 +11,9 @@ import torch.nn.functional as F
 sys.path.insert(0, __import__("os").path.dirname(__import__("os").path.dirname(__import__("os").path.abspath(__file__))))
 import lvtp_kernels
 from lvtp_kernels.models import load_reference
-from lvtp_kernels.data.camvid import load_split, NUM_CLASSES
-from lvtp_kernels.data.metrics import ConfusionMatrix, boundary_mask
-from lvtp_kernels.segment import prepare
+from lvtp_kernels.app.data.camvid import load_split, NUM_CLASSES
+from lvtp_kernels.app.data.metrics import ConfusionMatrix, boundary_mask
+from lvtp_kernels.app.segment import prepare
 from lvtp_kernels import flops as lflops
 from python_ref.ops import fused_importance, budget
 from python_ref.pipeline import active_stages
@@ -47,7 +47,7 @@ def select(var, x, ent, edge, keep_ratio):
         b, n, c = x.shape
         g = torch.Generator().manual_seed(n)
         sc = torch.rand(b, n, generator=g); sc[:, :p] = 2
-        from lvtp_kernels.baselines import topk_split, semantic_clusters
+        from lvtp_kernels.app.baselines import topk_split, semantic_clusters
         ki, pi = topk_split(sc, p, budget(n, p, keep_ratio))
         return ki, pi, semantic_clusters(x, sc, p, opts["k"], 10)
     if var.startswith("spec"):
@@ -128,7 +128,7 @@ def score(fn):
 
 b0 = score(model)
 if "tome" in variants:
-    from lvtp_kernels.baselines import tome_forward
+    from lvtp_kernels.app.baselines import tome_forward
     s = score(lambda im: tome_forward(model, im, sched))
     print(f"tome {s[0]:.2f} {s[1]:.2f}")
     variants.remove("tome")

@@ -22,7 +22,7 @@ import time
 import torch
 from tqdm.auto import tqdm
 
-from lvtp_kernels import bench
+from lvtp_kernels.app import bench
 
 GPU = [
     # arch, size, batch, dtype, methods
@@ -42,8 +42,8 @@ QUICK = {"cuda": [("vit_ti", (224, 224), 2, "fp16", "lvtp,tome")], "cpu": [("vit
 def profile_pruned(arch, size, batch, dtype, device, reduction=0.3, rows=25) -> str:
     """torch.profiler table of a few eager pruned forwards (LVTP defaults)."""
     import lvtp_kernels
-    from lvtp_kernels.baselines import parse_method
-    from lvtp_kernels.evaluate import method_schedule
+    from lvtp_kernels.app.baselines import parse_method
+    from lvtp_kernels.app.evaluate import method_schedule
 
     dev = torch.device(device)
     model, size = bench.build(arch, size, dev, bench.DTYPES[dtype])

@@ -80,7 +80,7 @@ if [ $DRY = 0 ]; then
   step info 60 10 "$PY" -m lvtp_kernels info
   # a throw from the compiled CPU op (seen to crash under torch 2.11): backtrace if it does
   want segv && step segv 60 20 cuda-gdb -batch -ex run -ex bt --args "$PY" -X faulthandler -c \
-    "import torch, lvtp_kernels; torch.ops.lvtp_cpp.kmeans(torch.randn(1, 3, 2), torch.randn(1, 4, 2), 1)"
+    "import torch, lvtp_kernels; lvtp_kernels._ext.module(\"cpp\").kmeans(torch.randn(1, 3, 2), torch.randn(1, 4, 2), 1)"
   # tiles of the entropy-fused attention measured on this card, written to the package's table
   # (lvtp_kernels/assets/attention_tuned.json) before the e2e step uses them; a copy in the logs
   want tune && step tune 120 60 "$PY" -m benchmarks.tune_attention --json "$LOGS/tune.json" \

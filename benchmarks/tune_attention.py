@@ -29,8 +29,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
-from benchmarks import common
-from lvtp_kernels.ops import attention as attn
+from lvtp_kernels.app import microbench as common
+from lvtp_kernels.ops import attention_triton as attn
 
 QS = (0.5, 1.0, 2.0, 3.0)
 # (B, H, N, D): ViT-B/16 512x512 batch 8 at its three stages of a 30 % schedule (1025 ->

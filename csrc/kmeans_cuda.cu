@@ -1,18 +1,37 @@
-// Batched Lloyd k-means on CUDA (spec step 5.1). See lvtp_cuda.h for the interface.
+// CUDA kernels and launchers of the batched Lloyd k-means (spec step 5.1): the k-means of
+// lvtp_kernels._C_cuda.kmeans and of the CUDA select (select_cuda.cu). Interface (raw
+// device pointers, a stream, a cudaError_t back; CUDA runtime only, no ATen): lvtp_cuda.h.
+//
+//   kmeans_f32 / kmeans_f64            x (B, n, d) fp32 / fp64 rows, centroids c (B, k, d) of
+//                                      the same dtype, accumulated in that dtype
+//   kmeans_rows_f32_f64 / _f64_f64     rows x[i] / rownorm[i] (fp32 or fp64 x, fp64 norms),
+//                                      centroids and accumulation in fp64 (select's features)
+//   c: initial centroids in, final out; assign (B, n) int64 out (after `iters` iterations,
+//   a final assignment against the final centroids, as python_ref.kmeans).
 //
 // Assignment: one warp per point, lanes split d, KC centroids per register chunk, blocks
-// of up to 64 points (fewer for small batches); the batch image's centroids sit in shared
-// memory when k*d fits the device's opt-in limit (global memory otherwise).
-// Lane partial sums are combined by a fixed shuffle-down tree: deterministic. Ties go to
-// the lower cluster index (strict <), like argmin.
+// of up to 64 points (fewer for small batches); the batch image's centroids sit in dynamic
+// shared memory when k*d*sizeof(acc) fits: up to 48 KB always, above that up to the
+// device's opt-in limit (227 KB on Hopper) after cudaFuncSetAttribute; otherwise they are
+// read from global memory (a refused opt-in is not an error). Lane partial sums are
+// combined by a fixed shuffle-down tree; ties go to the lower cluster index (strict <),
+// like argmin.
 // Update: blocks of (32 columns, cluster, image); warps split the points, partial sums are
-// added in a fixed order (see update_kernel). No atomics.
+// added in warp order (see update_kernel); an empty cluster keeps its centroid.
+// Determinism: no atomics, fixed summation orders: the same result on every run. It equals
+// python_ref.kmeans in the assignments (up to near-ties of the distances) and the centroids
+// to rounding (tests/test_cuda_simt.py, under the simt emulator).
+// Limits: 1 <= k <= n, B <= 65535, k <= 65535, n <= INT32_MAX, else cudaErrorInvalidValue.
+// Shared memory: the dynamic k*d centroid block above, plus (update) 8 x 32 accumulators
+// and 8 counts. Launches and shared arrays go through lvtp_cuda_launch.cuh (the simt
+// emulator compiles this file unchanged for the host).
 
 #include <cuda_runtime.h>
 
 #include <cstdint>
 
 #include "lvtp_cuda.h"
+#include "lvtp_cuda_launch.cuh"
 
 namespace lvtp {
 namespace cuda {
@@ -52,12 +71,11 @@ template <typename InT, typename AccT, bool kSmem>
 __global__ void __launch_bounds__(kAssignThreads) assign_kernel(Rows<InT, AccT> X, const AccT* __restrict__ c,
                                                                 int64_t k, int64_t ppb,
                                                                 int64_t* __restrict__ assign) {
-  extern __shared__ __align__(16) unsigned char smem_raw[];
   const int64_t b = blockIdx.y;
   const int64_t d = X.d;
   const AccT* cb = c + b * k * d;
   if (kSmem) {
-    AccT* cs = reinterpret_cast<AccT*>(smem_raw);
+    LVTP_DYNAMIC_SMEM(AccT, cs);  // k * d centroids (the launch's smem bytes)
     for (int64_t t = threadIdx.x; t < k * d; t += blockDim.x) cs[t] = cb[t];
     __syncthreads();
     cb = cs;
@@ -105,8 +123,8 @@ template <typename InT, typename AccT>
 __global__ void __launch_bounds__(kUpdateThreads) update_kernel(Rows<InT, AccT> X, AccT* __restrict__ c, int64_t k,
                                                                 const int64_t* __restrict__ assign) {
   constexpr int kUpdateWarps = kUpdateThreads / kWarp;
-  __shared__ AccT part[kUpdateWarps][kWarp];
-  __shared__ int64_t cnts[kUpdateWarps];
+  LVTP_SHARED_ARRAY(AccT, part, [kUpdateWarps][kWarp]);
+  LVTP_SHARED_ARRAY(int64_t, cnts, [kUpdateWarps]);
   const int64_t j = blockIdx.y, b = blockIdx.z;
   const int64_t n = X.n, d = X.d;
   const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
@@ -173,15 +191,15 @@ cudaError_t run_kmeans(Rows<InT, AccT> X, int64_t B, AccT* c, int64_t k, int64_t
   const dim3 ugrid(static_cast<unsigned>((X.d + kWarp - 1) / kWarp), static_cast<unsigned>(k), static_cast<unsigned>(B));
   auto assign_step = [&]() -> cudaError_t {
     if (use_smem)
-      assign_kernel<InT, AccT, true><<<agrid, kAssignThreads, smem, stream>>>(X, c, k, ppb, assign);
+      LVTP_LAUNCH((assign_kernel<InT, AccT, true>), agrid, kAssignThreads, smem, stream)(X, c, k, ppb, assign);
     else
-      assign_kernel<InT, AccT, false><<<agrid, kAssignThreads, 0, stream>>>(X, c, k, ppb, assign);
+      LVTP_LAUNCH((assign_kernel<InT, AccT, false>), agrid, kAssignThreads, 0, stream)(X, c, k, ppb, assign);
     return cudaGetLastError();
   };
   for (int64_t it = 0; it < iters; ++it) {
     cudaError_t e = assign_step();
     if (e != cudaSuccess) return e;
-    update_kernel<InT, AccT><<<ugrid, kUpdateThreads, 0, stream>>>(X, c, k, assign);
+    LVTP_LAUNCH((update_kernel<InT, AccT>), ugrid, kUpdateThreads, 0, stream)(X, c, k, assign);
     e = cudaGetLastError();
     if (e != cudaSuccess) return e;
   }

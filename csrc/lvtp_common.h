@@ -1,6 +1,12 @@
-// Shared constants of the compiled lvtp clustering ops (C++ and CUDA).
+// Shared constants and helpers of the compiled lvtp clustering kernels (C++ select_cpu.cpp,
+// CUDA select_cuda.cu / bind_cuda.cpp, the simt harness).
 //
-// Every number here mirrors python_ref/ops.py; keep them in sync.
+// Ops: none; the pieces both backends must compute identically: the tie tolerance of the
+// 2-means split, the norm epsilon, the token classes and budget allocations of step 5.3,
+// proportional_quota (int64 integer arithmetic), budget (K from keep_ratio in fp64, then
+// floor) and u's total order (u_greater / u_tied on float64: NaN above every number,
+// equal values tied, so ranks are a permutation even for non-finite input).
+// Deterministic, no state. Every number here mirrors python_ref/ops.py; keep them in sync.
 #pragma once
 
 #include <cstdint>

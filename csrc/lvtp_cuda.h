@@ -1,4 +1,15 @@
-// Launchers of the lvtp CUDA kernels (csrc/kmeans_cuda.cu, csrc/select_cuda.cu).
+// Launchers of the lvtp CUDA kernels (csrc/kmeans_cuda.cu, csrc/select_cuda.cu), called by
+// the ATen glue of lvtp_kernels._C_cuda (csrc/bind_cuda.cpp) and, for the host, by the simt
+// emulator's harness (tests/simt/harness.cc).
+//
+// Ops: the batched k-means (kmeans_*) and the selection steps 2, 4, 5 (importance_*,
+// row_norms_*, rank_init_*, select_finish, select_tokens). Shapes and dtypes per function
+// below (fp32 / fp64 inputs; fp16 / bf16 are converted to fp32 by the glue).
+// Precision: k-means accumulates in the centroid dtype (fp32, or fp64 for fp64 rows and for
+// select's normalised rows); the selection is float64 throughout with explicitly rounded
+// operations. Determinism: no atomics, fixed reduction orders; same outputs on every run.
+// Limits: Q <= 64 orders; B, k <= 65535; n <= INT32_MAX; dynamic shared memory for the
+// centroids up to the device's opt-in limit (else global memory) -- see each .cu file.
 //
 // Plain CUDA runtime interface: raw device pointers, a stream, a cudaError_t back
 // (cudaSuccess, or the first launch / argument error). No ATen or torch headers, so the
@@ -69,7 +80,7 @@ cudaError_t select_finish(const double* u, const int64_t* assign, const int32_t*
                           cudaStream_t stream);
 
 // ----------------------------------------------------------------------------- select, whole
-// Steps 2, 4, 5 end to end (the launch sequence of lvtp_cpp::select_tokens on CUDA):
+// Steps 2, 4, 5 end to end (the launch sequence of lvtp_kernels._C_cuda.select):
 // importance, row norms, ranks and initial centroids, k-means on the normalised rows, then
 // select_finish. tokens (B, N, C), ent (B, N, Q) and edge (B, N) (nullptr: none) contiguous;
 // k = min(clusters, N - P), K = budget(N, P, keep_ratio). Outputs as select_finish.

@@ -1,4 +1,8 @@
-// Error messages of the compiled ops, built without std::ostream.
+// Error messages of the compiled kernels, built without std::ostream (host code only).
+//
+// Ops: none. lvtp::fmt(a, b, ...) -> std::string from C strings, std::string, string_view,
+// integers, doubles (%g) and shapes (c10::IntArrayRef, printed as [2, 50, 8]). Used for every
+// TORCH_CHECK message ("lvtp.<op>: ..."). No tensors, no precision or determinism concerns.
 //
 // TORCH_CHECK(cond, a, b, ...) formats its arguments through c10::str, an ostringstream.
 // Built with a toolchain whose libstdc++ templates get instantiated inside this library

@@ -1,8 +1,30 @@
-// LVTP selection on CUDA (spec steps 2, 4, 5.2, 5.3) around the k-means of
-// kmeans_cuda.cu. See lvtp_cuda.h for the interface. Everything per image is
-// independent: one block per image for the small steps; float64 throughout, with
-// explicitly rounded operations (__dmul_rn, __dadd_rn, ...) where python_ref does
-// separate tensor ops, so no fused multiply-add changes a rounding.
+// CUDA kernels and launchers of the LVTP selection (spec steps 2, 4, 5.2, 5.3) around the
+// k-means of kmeans_cuda.cu: lvtp_kernels._C_cuda.select. Interface (raw device pointers, a
+// stream, a cudaError_t back; CUDA runtime only, no ATen): lvtp_cuda.h.
+//
+//   importance_f32 / _f64   ent (B, N, Q) and edge (B, N) or nullptr (fp32 or fp64) -> u
+//                           (B, N - P) fp64 (dynamic weights, entropy, edge blend)
+//   row_norms_f32 / _f64    rows (B, n, d) fp32 / fp64 -> max(||row||_2, 1e-12) fp64
+//   rank_init_f32 / _f64    ranks of u (desc and asc, ties by index, NaN above every
+//                           number) -> int32 orders; initial centroids (fp64)
+//   select_finish           2-means splits, representatives, the "ranked" or
+//                           "proportional" allocation -> keep_idx (B, P+K) int64, prune_idx
+//                           (B, N-P-K) int64 (ascending), cluster_id (B, N) int32
+//   select_tokens           the whole launch sequence (tokens fp32 / fp64 x ent fp32 / fp64)
+//
+// Precision: float64 throughout, with explicitly rounded operations (__dmul_rn, __dadd_rn,
+// ...) where python_ref does separate tensor ops, so no fused multiply-add changes a
+// rounding; sequential prefix sums like torch.cumsum on CPU. Outputs equal
+// python_ref.select_tokens (tests/test_cuda_simt.py, under the simt emulator).
+// Determinism: fixed reduction trees and orders, no atomics: the same indices on every run
+// and whatever order a block's threads run in.
+// Layout: one block per image for the small steps (256 threads); in select_finish one warp
+// per cluster for step 5.2 (and the proportional quotas), warp 0 for the ranked order.
+// Limits: 1 <= Q <= 64 orders; n = N - P <= INT32_MAX; B <= 65535 and k <= 65535 (grid
+// dims of the rank / init kernels), else cudaErrorInvalidValue.
+// Shared memory (static): importance 256 + 64 doubles (2.5 KB), ranks a 1024-double tile
+// (8 KB). Launches and shared arrays go through lvtp_cuda_launch.cuh (the simt emulator
+// compiles this file unchanged for the host).
 
 #include <cuda_runtime.h>
 
@@ -10,6 +32,7 @@
 
 #include "lvtp_common.h"
 #include "lvtp_cuda.h"
+#include "lvtp_cuda_launch.cuh"
 
 namespace lvtp {
 namespace cuda {
@@ -38,8 +61,8 @@ template <typename T>
 __global__ void __launch_bounds__(kThreads) importance_kernel(const T* __restrict__ ent, const T* __restrict__ edge,
                                                               int64_t N, int64_t Q, int64_t P, double alpha,
                                                               bool low, double* __restrict__ u) {
-  __shared__ double red[kThreads];
-  __shared__ double w[kMaxQ];
+  LVTP_SHARED_ARRAY(double, red, [kThreads]);
+  LVTP_SHARED_ARRAY(double, w, [kMaxQ]);
   const int64_t b = blockIdx.x, m = N - P;
   const T* eb = ent + b * N * Q;
   const double md = static_cast<double>(m);
@@ -100,7 +123,7 @@ __global__ void __launch_bounds__(kThreads) row_norms_kernel(const T* __restrict
 __global__ void __launch_bounds__(kThreads) rank_kernel(const double* __restrict__ u, int64_t n,
                                                         int32_t* __restrict__ desc_order,
                                                         int32_t* __restrict__ asc_order) {
-  __shared__ double tile[kTile];
+  LVTP_SHARED_ARRAY(double, tile, [kTile]);
   const int64_t b = blockIdx.y;
   const double* ub = u + b * n;
   const int64_t t = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
@@ -336,7 +359,7 @@ template <typename T>
 cudaError_t launch_importance(const T* ent, const T* edge, int64_t B, int64_t N, int64_t Q, int64_t P, double alpha,
                               bool low, double* u, cudaStream_t stream) {
   if (B < 1 || N < 1 || P < 0 || P >= N || Q < 1 || Q > kMaxQ || B > INT32_MAX) return cudaErrorInvalidValue;
-  importance_kernel<T><<<static_cast<unsigned>(B), kThreads, 0, stream>>>(ent, edge, N, Q, P, alpha, low, u);
+  LVTP_LAUNCH(importance_kernel<T>, static_cast<unsigned>(B), kThreads, 0, stream)(ent, edge, N, Q, P, alpha, low, u);
   return cudaGetLastError();
 }
 
@@ -347,7 +370,7 @@ cudaError_t launch_row_norms(const T* x, int64_t bstride, int64_t B, int64_t n, 
   const int64_t rows_per_block = kThreads / kWarp;
   const int64_t blocks = (B * n + rows_per_block - 1) / rows_per_block;
   if (blocks > INT32_MAX) return cudaErrorInvalidValue;
-  row_norms_kernel<T><<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(x, bstride, B, n, d, rownorm);
+  LVTP_LAUNCH(row_norms_kernel<T>, static_cast<unsigned>(blocks), kThreads, 0, stream)(x, bstride, B, n, d, rownorm);
   return cudaGetLastError();
 }
 
@@ -358,11 +381,11 @@ cudaError_t launch_rank_init(const double* u, const T* x, int64_t bstride, const
   if (B < 1 || n < 1 || n > INT32_MAX || d < 1 || k < 1 || k > n || B > 65535 || k > 65535)
     return cudaErrorInvalidValue;
   const dim3 rgrid(static_cast<unsigned>((n + kThreads - 1) / kThreads), static_cast<unsigned>(B));
-  rank_kernel<<<rgrid, kThreads, 0, stream>>>(u, n, desc_order, asc_order);
+  LVTP_LAUNCH(rank_kernel, rgrid, kThreads, 0, stream)(u, n, desc_order, asc_order);
   const cudaError_t e = cudaGetLastError();
   if (e != cudaSuccess) return e;
   const dim3 igrid(static_cast<unsigned>(k), static_cast<unsigned>(B));
-  init_kernel<T><<<igrid, kThreads, 0, stream>>>(x, bstride, rownorm, n, d, k, desc_order, c);
+  LVTP_LAUNCH(init_kernel<T>, igrid, kThreads, 0, stream)(x, bstride, rownorm, n, d, k, desc_order, c);
   return cudaGetLastError();
 }
 
@@ -404,10 +427,9 @@ cudaError_t select_finish(const double* u, const int64_t* assign, const int32_t*
                           cudaStream_t stream) {
   if (B < 1 || n < 1 || k < 1 || k > n || P < 0 || K < 1 || K > n || B > INT32_MAX) return cudaErrorInvalidValue;
   if (allocation != kAllocRanked && allocation != kAllocProportional) return cudaErrorInvalidValue;
-  finish_kernel<<<static_cast<unsigned>(B), kThreads, 0, stream>>>(u, assign, desc_order, asc_order, n, k, P, K,
-                                                                   allocation, seg,
-                                                                   starts, cls, keep, s1, s2, keep_idx, prune_idx,
-                                                                   cluster_id);
+  LVTP_LAUNCH(finish_kernel, static_cast<unsigned>(B), kThreads, 0, stream)(u, assign, desc_order, asc_order, n, k, P,
+                                                                             K, allocation, seg, starts, cls, keep, s1,
+                                                                             s2, keep_idx, prune_idx, cluster_id);
   return cudaGetLastError();
 }
 

@@ -11,9 +11,9 @@ one-call model patch::
 
 __version__ = "0.1.0"
 
-from . import registry  # noqa: F401  (defines torch.ops.lvtp.*)
-from . import ops  # noqa: F401  (Triton backends)
-from . import _ext  # noqa: F401  (C++/CUDA backends of kmeans and select, when built)
+from . import registry  # noqa: F401  (generic dispatch)
+from . import ops  # noqa: F401  (defines torch.ops.lvtp.*, one module per op family)
+from . import _ext  # noqa: F401  (the compiled kernels of csrc/, when built)
 from . import flops  # noqa: F401  (flop formulas for FlopCounterMode)
 from .flops import schedule_for_flops  # noqa: E402
 from .models.patching import is_patched, last_records, patch, unpatch  # noqa: E402

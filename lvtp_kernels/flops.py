@@ -91,7 +91,6 @@ _register(torch.ops.lvtp.attention_entropy, _attention_entropy)
 _register(torch.ops.lvtp.patch_edge_energy, _edge)
 _register(torch.ops.lvtp.kmeans, _kmeans)
 _register(torch.ops.lvtp.select, _select)
-_register(torch.ops.lvtp.select_tokens, _select)  # the allocation costs no FLOPs
 _register(torch.ops.lvtp.prune, _prune)
 
 

@@ -1,140 +1,121 @@
-"""The ``torch.ops.lvtp`` op registry: schemas, validation, fake kernels and dispatch.
+"""Generic dispatch of the ``torch.ops.lvtp`` ops: nothing here knows any one op.
 
-Every schema of the spec is defined here once. Each op gets one composite kernel that
-validates its inputs (``_validate``) and hands them to a *backend* picked by the
-dispatch policy:
+Each op is described once, in its family module under :mod:`lvtp_kernels.ops`, by an
+:class:`OpSpec` (schema, input check, fake kernel, backends); :func:`define` turns the
+spec into a ``torch.library`` op with
 
-* backends are plain callables registered per op with :func:`register_backend`
-  (``ref`` = python_ref, registered for every device; later: ``triton``, ``cpp``, ``cuda``);
-* ``LVTP_IMPL=auto`` (default) takes, per device, the first available backend in
-  ``AUTO_ORDER``; ``LVTP_IMPL=<backend>`` forces that backend for every op that has it
-  (the other ops keep their automatic choice); a forced backend that is registered but
-  unavailable raises, it never falls back silently.
+* one ``CompositeExplicitAutograd`` kernel: fill the schema's defaults, run the check
+  (with the data checks unless the caller is trusted, see below), then call the backend
+  the policy picks;
+* one fake kernel: the same check on shapes only, then the spec's fake (so the ops work
+  under ``torch.compile(fullgraph=True)`` and pass ``torch.library.opcheck``).
 
-Fake kernels (``register_fake``) run the same validator on shapes only, so ops work
-under ``torch.compile(fullgraph=True)`` and pass ``torch.library.opcheck``.
+Backends are plain callables taking the op's arguments in schema order: ``ref``
+(python_ref, every device) and, per op, ``triton``, ``cpp``, ``cuda``. The policy:
+``LVTP_IMPL=auto`` (default) takes, per device type, the first available backend in
+``AUTO_ORDER``; ``LVTP_IMPL=<backend>`` forces that backend for every op that has it on
+that device (the other ops keep their automatic choice), and a forced backend that is
+unavailable raises, it never falls back silently.
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
 import threading
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-import python_ref
-
-from . import _validate as V
-
 NAMESPACE = "lvtp"
-
-# The op contract of the spec, one schema per op, defined nowhere else.
-SCHEMAS: Dict[str, str] = {
-    "tsallis_entropy": "(Tensor attn, float[] qs) -> Tensor",
-    "attention_entropy": "(Tensor q, Tensor k, Tensor v, float[] qs, float scale) -> (Tensor out, Tensor ent)",
-    "patch_edge_energy": "(Tensor image, int patch) -> Tensor",
-    "kmeans": "(Tensor x, Tensor init, int iters) -> (Tensor centroids, Tensor assign)",
-    "select": (
-        "(Tensor tokens, Tensor ent, Tensor? edge, float keep_ratio, int num_protected, float alpha, "
-        "str entropy_mode, int clusters, int iters) -> (Tensor keep_idx, Tensor prune_idx, Tensor cluster_id)"
-    ),
-    "prune": (
-        "(Tensor tokens, Tensor attn, Tensor? edge=None, float keep_ratio=0.7, int num_protected=1, "
-        "float[] qs=[0.5, 1.0, 2.0, 3.0], float alpha=0.5, str entropy_mode=\"low\", int clusters=8, "
-        "int iters=10) -> (Tensor kept, Tensor keep_idx, Tensor prune_idx, Tensor cluster_id)"
-    ),
-    "gather_tokens": "(Tensor x, Tensor idx) -> Tensor",
-    "scatter_tokens": "(Tensor full, Tensor x, Tensor idx) -> Tensor",
-    # Not in the spec's list. select with a choice of budget allocation ("ranked" is
-    # the spec's step 5.3, select's behaviour; "proportional": per-cluster shares).
-    "select_tokens": (
-        "(Tensor tokens, Tensor ent, Tensor? edge, float keep_ratio, int num_protected, float alpha, "
-        "str entropy_mode, int clusters, int iters, str allocation) -> (Tensor keep_idx, Tensor prune_idx, "
-        "Tensor cluster_id)"
-    ),
-    # Step 7 for one stage, so that a fused kernel can own it.
-    "reconstruct_stage": (
-        "(Tensor full, Tensor x_stage, Tensor keep_idx, Tensor prune_idx, Tensor cluster_id, int clusters, "
-        "str mode) -> Tensor"
-    ),
-}
-OP_NAMES: Tuple[str, ...] = tuple(SCHEMAS)
-
 BACKENDS: Tuple[str, ...] = ("ref", "triton", "cpp", "cuda")
 # Automatic choice, per device type, in order of preference.
 AUTO_ORDER: Dict[str, Tuple[str, ...]] = {"cuda": ("cuda", "triton", "ref"), "cpu": ("cpp", "ref")}
 DEFAULT_AUTO_ORDER: Tuple[str, ...] = ("ref",)
 
 
+def _always() -> Tuple[bool, str]:
+    return True, ""
+
+
 @dataclass
 class Backend:
     fn: Callable
-    devices: Optional[Tuple[str, ...]]  # device types it runs on; None: every device
-    available: Callable[[], Tuple[bool, str]]  # (usable now, why not)
+    devices: Optional[Tuple[str, ...]] = None  # device types it runs on; None: every device
+    available: Callable[[], Tuple[bool, str]] = _always  # (usable now, why not)
 
     def runs_on(self, device_type: str) -> bool:
         return self.devices is None or device_type in self.devices
 
 
-_BACKENDS: Dict[str, Dict[str, Backend]] = {name: {} for name in OP_NAMES}
+@dataclass
+class OpSpec:
+    """Everything about one op. ``check(*args, values=bool)`` raises ValueError naming the
+    argument; ``fake(*args)`` returns empty outputs of the right shapes and dtypes;
+    ``backends`` maps backend names to :class:`Backend` (``ref`` is required).
+    ``parts``: for a composite op, the ops it is made of; a backend that implements any
+    part then runs the op as ``compose(run, *args)``, each part on its own choice."""
+
+    name: str
+    schema: str
+    check: Callable
+    fake: Callable
+    backends: Dict[str, Backend]
+    parts: Tuple[str, ...] = ()
+    compose: Optional[Callable] = None
+    defaults: Tuple = field(default=(), init=False)  # (name, has_default, default) per argument
 
 
-def _always() -> Tuple[bool, str]:
-    return True, ""
+SPECS: Dict[str, OpSpec] = {}
+# {op: schema}: the op contract (docs/api.md lists it), filled as the family modules define their ops
+SCHEMAS: Dict[str, str] = {}
 
 
-def register_backend(
-    op: str,
-    backend: str,
-    fn: Callable,
-    devices: Optional[Sequence[str]] = None,
-    available: Callable[[], Tuple[bool, str]] = _always,
-) -> None:
-    """Make ``fn`` (the op's arguments in schema order) a backend of ``op``."""
-    if op not in _BACKENDS:
-        raise ValueError(f"register_backend: unknown op {op!r}; ops are {OP_NAMES}")
-    if backend not in BACKENDS:
-        raise ValueError(f"register_backend: unknown backend {backend!r}; backends are {BACKENDS}")
-    _BACKENDS[op][backend] = Backend(fn, None if devices is None else tuple(devices), available)
-    if op in _PRUNE_PARTS and backend != "ref":
-        _register_prune_composite(backend)
+def op_names() -> Tuple[str, ...]:
+    return tuple(SPECS)
 
 
-# prune = tsallis_entropy -> select -> gather_tokens. A backend that has any of the three
-# makes prune a composite for that backend: each part then runs on its own chosen
-# backend (so LVTP_IMPL=triton runs the Triton parts and keeps select's default).
-_PRUNE_PARTS = ("tsallis_entropy", "select", "gather_tokens")
+# --------------------------------------------------------------------------- backends
+def triton_backend(module: str, fn: str) -> Backend:
+    """The Triton launcher ``lvtp_kernels.ops.<module>.<fn>``, imported on first use (so
+    ``import lvtp_kernels`` does not import Triton), run with its tensors' CUDA device
+    current; on CPU tensors only under ``TRITON_INTERPRET=1``."""
+    from .ops._common import interpreting, triton_status
+
+    state: Dict[str, Callable] = {}
+
+    def run(*args):
+        launcher = state.get("fn")
+        if launcher is None:
+            launcher = state["fn"] = getattr(importlib.import_module(f"lvtp_kernels.ops.{module}"), fn)
+        dev = next((a.device for a in args if isinstance(a, torch.Tensor)), None)
+        if dev is not None and dev.type == "cuda":
+            with torch.cuda.device(dev):
+                return launcher(*args)
+        return launcher(*args)
+
+    run.__name__ = f"triton_{fn}"
+    return Backend(run, ("cuda", "cpu") if interpreting() else ("cuda",), triton_status)
 
 
-def _prune_composite(tokens, attn, edge, keep_ratio, num_protected, qs, alpha, entropy_mode, clusters, iters):
-    dev = tokens.device
-    ent = _run("tsallis_entropy", dev, attn, qs)
-    keep_idx, prune_idx, cluster_id = _run(
-        "select", dev, tokens, ent, edge, keep_ratio, num_protected, alpha, entropy_mode, clusters, iters
-    )
-    return _run("gather_tokens", dev, tokens, keep_idx), keep_idx, prune_idx, cluster_id
+def compiled_backend(backend: str, fn: str, adapt: Optional[Callable] = None) -> Backend:
+    """The function ``fn`` of the compiled module of ``backend`` ("cpp": lvtp_kernels._C on
+    CPU tensors, "cuda": lvtp_kernels._C_cuda on CUDA tensors). ``adapt(kernel, *args)``,
+    when given, sits between the schema arguments and the kernel."""
+    from . import _ext
+
+    def run(*args):
+        kernel = getattr(_ext.module(backend), fn)
+        return kernel(*args) if adapt is None else adapt(kernel, *args)
+
+    run.__name__ = f"{backend}_{fn}"
+    return Backend(run, ("cpu",) if backend == "cpp" else ("cuda",), lambda: _ext.available(backend, fn))
 
 
-def _register_prune_composite(backend: str) -> None:
-    parts = [_BACKENDS[op][backend] for op in _PRUNE_PARTS if backend in _BACKENDS[op]]
-    devices = None if any(b.devices is None for b in parts) else tuple(sorted({d for b in parts for d in b.devices}))
-
-    def available() -> Tuple[bool, str]:
-        whys = []
-        for b in parts:
-            ok, why = b.available()
-            if ok:
-                return True, ""
-            whys.append(why)
-        return False, "; ".join(whys)
-
-    _BACKENDS["prune"][backend] = Backend(_prune_composite, devices, available)
-
-
+# --------------------------------------------------------------------------- policy
 def requested_impl() -> str:
     """The ``LVTP_IMPL`` setting: ``auto`` or one of ``BACKENDS``."""
     impl = os.environ.get("LVTP_IMPL", "auto").strip().lower() or "auto"
@@ -143,9 +124,29 @@ def requested_impl() -> str:
     return impl
 
 
+@contextlib.contextmanager
+def forced_impl(impl: str):
+    """``LVTP_IMPL=impl`` within the block (the previous setting restored after): for
+    benchmarks and tests that time or check one backend."""
+    old = os.environ.get("LVTP_IMPL")
+    os.environ["LVTP_IMPL"] = impl
+    try:
+        requested_impl()  # a bad name raises here, not at the first op
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("LVTP_IMPL", None)
+        else:
+            os.environ["LVTP_IMPL"] = old
+
+
+def _backends(op: str) -> Dict[str, Backend]:
+    return SPECS[op].backends
+
+
 def ops_with_backend(backend: str, device_type: str) -> List[str]:
     """The ops that have ``backend`` registered for ``device_type``."""
-    return [op for op in OP_NAMES if backend in _BACKENDS[op] and _BACKENDS[op][backend].runs_on(device_type)]
+    return [op for op in SPECS if backend in _backends(op) and _backends(op)[backend].runs_on(device_type)]
 
 
 _WARNED_UNUSED: set = set()
@@ -158,7 +159,7 @@ def choose_backend(op: str, device_type: str, warn: bool = True) -> str:
     unavailable; ops without it keep the automatic choice. Forcing a backend that no op
     has on that device warns once (a typo or a missing build, not a silent no-op)."""
     impl = requested_impl()
-    backends = _BACKENDS[op]
+    backends = _backends(op)
     forced = backends.get(impl) if impl != "auto" else None
     if forced is not None and forced.runs_on(device_type):
         ok, why = forced.available()
@@ -182,7 +183,7 @@ def choose_backend(op: str, device_type: str, warn: bool = True) -> str:
 def backend_table(device_types: Sequence[str] = ("cpu", "cuda")) -> List[dict]:
     """Per op: the backend chosen per device and why each known backend is on or off."""
     rows = []
-    for op in OP_NAMES:
+    for op in SPECS:
         row = {"op": op, "chosen": {}, "backends": {}}
         for dev in device_types:
             try:
@@ -190,7 +191,7 @@ def backend_table(device_types: Sequence[str] = ("cpu", "cuda")) -> List[dict]:
             except (RuntimeError, ValueError) as exc:
                 row["chosen"][dev] = f"error: {exc}"
         for name in BACKENDS:
-            b = _BACKENDS[op].get(name)
+            b = _backends(op).get(name)
             if b is None:
                 row["backends"][name] = f"off: no {name} kernel for this op"
             else:
@@ -199,6 +200,11 @@ def backend_table(device_types: Sequence[str] = ("cpu", "cuda")) -> List[dict]:
                 row["backends"][name] = f"on ({where})" if ok else f"off: {why}"
         rows.append(row)
     return rows
+
+
+def run(op: str, device: torch.device, *args):
+    """Run ``op``'s chosen backend on already-checked arguments (schema order)."""
+    return _backends(op)[choose_backend(op, device.type)].fn(*args)
 
 
 # --------------------------------------------------------------------------- value checks
@@ -219,7 +225,8 @@ def _env_checks_values() -> bool:
     return v not in ("0", "false", "no", "off")
 
 
-def _check_values() -> bool:
+def check_values() -> bool:
+    """Whether the data checks run for a call made now."""
     if getattr(_TRUST, "depth", 0) > 0:
         return False
     if torch.cuda.is_available() and torch.cuda.is_current_stream_capturing():
@@ -240,178 +247,107 @@ def trusted_inputs():
         _TRUST.depth -= 1
 
 
-def _run(op: str, device: torch.device, *args):
-    return _BACKENDS[op][choose_backend(op, device.type)].fn(*args)
+# --------------------------------------------------------------------------- definition
+def _composite_backend(spec: OpSpec, backend: str) -> Optional[Backend]:
+    """``spec``'s composite for ``backend``, when any of its parts has that backend: it
+    runs ``spec.compose``, each part on its own choice; available while any such part is
+    (looked up at each probe, so a part registered later counts)."""
+    parts = [SPECS[p].backends[backend] for p in spec.parts if backend in SPECS[p].backends]
+    if not parts:
+        return None
+    devices = None if any(b.devices is None for b in parts) else tuple(sorted({d for b in parts for d in b.devices}))
+
+    def available() -> Tuple[bool, str]:
+        whys = []
+        for p in spec.parts:
+            b = SPECS[p].backends.get(backend)
+            if b is None:
+                continue
+            ok, why = b.available()
+            if ok:
+                return True, ""
+            whys.append(why)
+        return False, "; ".join(whys)
+
+    composite = Backend(lambda *args: spec.compose(run, *args), devices, available)
+    composite.composite = True
+    return composite
 
 
-# --------------------------------------------------------------------------- definitions
-for _name, _schema in SCHEMAS.items():
-    torch.library.define(f"{NAMESPACE}::{_name}", _schema)
+def define(spec: OpSpec) -> OpSpec:
+    """Define ``torch.ops.lvtp.<spec.name>`` from its spec (once per process)."""
+    if spec.name in SPECS:
+        raise ValueError(f"lvtp op {spec.name!r} is defined twice")
+    if "ref" not in spec.backends:
+        raise ValueError(f"lvtp op {spec.name!r} has no ref backend")
+    for name in spec.backends:
+        if name not in BACKENDS:
+            raise ValueError(f"lvtp op {spec.name!r}: unknown backend {name!r}; backends are {BACKENDS}")
+    for name in BACKENDS[1:]:  # a composite op runs any backend that has one of its parts
+        if spec.parts and name not in spec.backends:
+            b = _composite_backend(spec, name)
+            if b is not None:
+                spec.backends[name] = b
+    qualname = f"{NAMESPACE}::{spec.name}"
+    torch.library.define(qualname, spec.schema)
+    parsed = torch._C.parse_schema(f"{qualname}{spec.schema}")
+    spec.defaults = tuple((a.name, a.has_default_value(), a.default_value) for a in parsed.arguments)
+    SPECS[spec.name] = spec
+    SCHEMAS[spec.name] = spec.schema
 
-for _name in OP_NAMES:
-    register_backend(_name, "ref", getattr(python_ref, _name))
+    def full_args(args, kwargs):
+        # The dispatcher drops trailing arguments equal to their schema default.
+        args = list(args)
+        for name, has_default, default in spec.defaults[len(args):]:
+            if name in kwargs:
+                args.append(kwargs[name])
+            elif has_default:
+                args.append(list(default) if isinstance(default, list) else default)
+            else:
+                raise TypeError(f"lvtp.{spec.name}: missing argument {name!r}")
+        return args
 
+    @torch.library.impl(qualname, "CompositeExplicitAutograd")
+    def _kernel(*args, **kwargs):
+        args = full_args(args, kwargs)
+        spec.check(*args, values=check_values())
+        return run(spec.name, _device_of(args), *args)
 
-def _impl(name: str):
-    return torch.library.impl(f"{NAMESPACE}::{name}", "CompositeExplicitAutograd")
+    @torch.library.register_fake(qualname)
+    def _fake(*args, **kwargs):
+        args = full_args(args, kwargs)
+        spec.check(*args, values=False)
+        return spec.fake(*args)
 
-
-def _fake(name: str):
-    return torch.library.register_fake(f"{NAMESPACE}::{name}")
-
-
-# The dispatcher drops trailing arguments equal to their schema default: kernels with
-# defaults in the schema carry the same defaults.
-_DEFAULT_QS = python_ref.ops.DEFAULT_QS
-
-
-@_impl("tsallis_entropy")
-def _tsallis_entropy(attn, qs):
-    V.check_tsallis_entropy(attn, qs, values=_check_values())
-    return _run("tsallis_entropy", attn.device, attn, qs)
-
-
-@_fake("tsallis_entropy")
-def _tsallis_entropy_fake(attn, qs):
-    V.check_tsallis_entropy(attn, qs, values=False)
-    b, _, n, _ = attn.shape
-    return attn.new_empty((b, n, len(qs)), dtype=torch.float32)
-
-
-@_impl("attention_entropy")
-def _attention_entropy(q, k, v, qs, scale):
-    V.check_attention_entropy(q, k, v, qs, scale, values=_check_values())
-    return _run("attention_entropy", q.device, q, k, v, qs, scale)
-
-
-@_fake("attention_entropy")
-def _attention_entropy_fake(q, k, v, qs, scale):
-    V.check_attention_entropy(q, k, v, qs, scale, values=False)
-    b, h, n, _ = q.shape
-    out = q.new_empty((b, h, n, v.shape[3]))
-    return out, q.new_empty((b, n, len(qs)), dtype=torch.float32)
-
-
-@_impl("patch_edge_energy")
-def _patch_edge_energy(image, patch):
-    V.check_patch_edge_energy(image, patch, values=_check_values())
-    return _run("patch_edge_energy", image.device, image, patch)
+    return spec
 
 
-@_fake("patch_edge_energy")
-def _patch_edge_energy_fake(image, patch):
-    V.check_patch_edge_energy(image, patch, values=False)
-    b, _, height, width = image.shape
-    return image.new_empty((b, (height // patch) * (width // patch)), dtype=torch.float32)
+def _device_of(args) -> torch.device:
+    return next(a.device for a in args if isinstance(a, torch.Tensor))
 
 
-@_impl("kmeans")
-def _kmeans(x, init, iters):
-    V.check_kmeans(x, init, iters, values=_check_values())
-    return _run("kmeans", x.device, x, init, iters)
+def set_order(names: Sequence[str]) -> None:
+    """List the defined ops in this order (``lvtp info``, ``backend_table``)."""
+    if sorted(names) != sorted(SPECS):
+        raise ValueError(f"set_order: {sorted(names)} are not the defined ops {sorted(SPECS)}")
+    for table in (SPECS, SCHEMAS):
+        items = {n: table[n] for n in names}
+        table.clear()
+        table.update(items)
 
 
-@_fake("kmeans")
-def _kmeans_fake(x, init, iters):
-    V.check_kmeans(x, init, iters, values=False)
-    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
-    return init.new_empty(init.shape, dtype=acc), x.new_empty(x.shape[:2], dtype=torch.int64)
-
-
-@_impl("select")
-def _select(tokens, ent, edge, keep_ratio, num_protected, alpha, entropy_mode, clusters, iters):
-    args = (tokens, ent, edge, keep_ratio, num_protected, alpha, entropy_mode, clusters, iters)
-    V.check_select(*args, values=_check_values())
-    return _run("select", tokens.device, *args)
-
-
-def _budget(n, num_protected: int, keep_ratio: float):
-    """python_ref.ops.budget written with sym ops, so that a symbolic N (dynamic shapes)
-    stays symbolic: truncation is floor here since keep_ratio * (N - P) + 0.5 > 0."""
-    return torch.sym_max(1, torch.sym_int(keep_ratio * (n - num_protected) + 0.5))
-
-
-def _select_outputs(tokens, keep_ratio, num_protected):
-    b, n = tokens.shape[:2]
-    kept = num_protected + _budget(n, num_protected, keep_ratio)
-    return (
-        tokens.new_empty((b, kept), dtype=torch.int64),
-        tokens.new_empty((b, n - kept), dtype=torch.int64),
-        tokens.new_empty((b, n), dtype=torch.int32),
-    )
-
-
-@_impl("select_tokens")
-def _select_tokens(tokens, ent, edge, keep_ratio, num_protected, alpha, entropy_mode, clusters, iters, allocation):
-    args = (tokens, ent, edge, keep_ratio, num_protected, alpha, entropy_mode, clusters, iters, allocation)
-    V.check_select_tokens(*args, values=_check_values())
-    return _run("select_tokens", tokens.device, *args)
-
-
-@_fake("select_tokens")
-def _select_tokens_fake(tokens, ent, edge, keep_ratio, num_protected, alpha, entropy_mode, clusters, iters, allocation):
-    V.check_select_tokens(tokens, ent, edge, keep_ratio, num_protected, alpha, entropy_mode, clusters, iters, allocation,
-                          values=False)
-    return _select_outputs(tokens, keep_ratio, num_protected)
-
-
-@_fake("select")
-def _select_fake(tokens, ent, edge, keep_ratio, num_protected, alpha, entropy_mode, clusters, iters):
-    V.check_select(tokens, ent, edge, keep_ratio, num_protected, alpha, entropy_mode, clusters, iters, values=False)
-    return _select_outputs(tokens, keep_ratio, num_protected)
-
-
-@_impl("prune")
-def _prune(
-    tokens, attn, edge=None, keep_ratio=0.7, num_protected=1, qs=_DEFAULT_QS, alpha=0.5, entropy_mode="low",
-    clusters=8, iters=10):
-    args = (tokens, attn, edge, keep_ratio, num_protected, list(qs), alpha, entropy_mode, clusters, iters)
-    V.check_prune(*args, values=_check_values())
-    return _run("prune", tokens.device, *args)
-
-
-@_fake("prune")
-def _prune_fake(
-    tokens, attn, edge=None, keep_ratio=0.7, num_protected=1, qs=_DEFAULT_QS, alpha=0.5, entropy_mode="low",
-    clusters=8, iters=10):
-    V.check_prune(tokens, attn, edge, keep_ratio, num_protected, qs, alpha, entropy_mode, clusters, iters, values=False)
-    keep_idx, prune_idx, cluster_id = _select_outputs(tokens, keep_ratio, num_protected)
-    kept = tokens.new_empty((tokens.shape[0], keep_idx.shape[1], tokens.shape[2]))
-    return kept, keep_idx, prune_idx, cluster_id
-
-
-@_impl("gather_tokens")
-def _gather_tokens(x, idx):
-    V.check_gather_tokens(x, idx, values=_check_values())
-    return _run("gather_tokens", x.device, x, idx)
-
-
-@_fake("gather_tokens")
-def _gather_tokens_fake(x, idx):
-    V.check_gather_tokens(x, idx, values=False)
-    return x.new_empty((x.shape[0], idx.shape[1], x.shape[2]))
-
-
-@_impl("scatter_tokens")
-def _scatter_tokens(full, x, idx):
-    V.check_scatter_tokens(full, x, idx, values=_check_values())
-    return _run("scatter_tokens", full.device, full, x, idx)
-
-
-@_fake("scatter_tokens")
-def _scatter_tokens_fake(full, x, idx):
-    V.check_scatter_tokens(full, x, idx, values=False)
-    return torch.empty_like(full, memory_format=torch.contiguous_format)
-
-
-@_impl("reconstruct_stage")
-def _reconstruct_stage(full, x_stage, keep_idx, prune_idx, cluster_id, clusters, mode):
-    args = (full, x_stage, keep_idx, prune_idx, cluster_id, clusters, mode)
-    V.check_reconstruct_stage(*args, values=_check_values())
-    return _run("reconstruct_stage", full.device, *args)
-
-
-@_fake("reconstruct_stage")
-def _reconstruct_stage_fake(full, x_stage, keep_idx, prune_idx, cluster_id, clusters, mode):
-    V.check_reconstruct_stage(full, x_stage, keep_idx, prune_idx, cluster_id, clusters, mode, values=False)
-    return full.new_empty((full.shape[0], x_stage.shape[1], full.shape[2]))
+def register_backend(op: str, backend: str, fn: Callable, devices: Optional[Sequence[str]] = None,
+                     available: Callable[[], Tuple[bool, str]] = _always) -> None:
+    """Add (or replace) a backend of a defined op: ``fn`` takes the op's arguments in
+    schema order. For experiments and out-of-tree kernels; the package's own backends are
+    listed in the op specs."""
+    if op not in SPECS:
+        raise ValueError(f"register_backend: unknown op {op!r}; ops are {op_names()}")
+    if backend not in BACKENDS:
+        raise ValueError(f"register_backend: unknown backend {backend!r}; backends are {BACKENDS}")
+    SPECS[op].backends[backend] = Backend(fn, None if devices is None else tuple(devices), available)
+    for spec in SPECS.values():
+        if op in spec.parts and getattr(spec.backends.get(backend), "composite", backend not in spec.backends):
+            b = _composite_backend(spec, backend)
+            if b is not None:
+                spec.backends[backend] = b

@@ -12,7 +12,6 @@ from .ops import (
     prune,
     scatter_tokens,
     select,
-    select_tokens,
     tsallis_entropy,
 )
 from .pipeline import reconstruct_stage
@@ -27,5 +26,4 @@ __all__ = [
     "select",
     "tsallis_entropy",
     "reconstruct_stage",
-    "select_tokens",
 ]

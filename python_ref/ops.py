@@ -310,27 +310,14 @@ def select(
     entropy_mode: str,
     clusters: int,
     iters: int,
+    allocation: str = "ranked",
 ) -> Tuple[Tensor, Tensor, Tensor]:
-    """Steps 2, 4, 5 -> keep_idx (B, P+K) int64, prune_idx (B, N-P-K) int64, cluster_id (B, N) int32."""
-    return select_tokens(tokens, ent, edge, keep_ratio, num_protected, alpha, entropy_mode, clusters, iters, "ranked")
+    """Steps 2, 4, 5 -> keep_idx (B, P+K) int64, prune_idx (B, N-P-K) int64, cluster_id (B, N) int32.
 
-
-def select_tokens(
-    tokens: Tensor,
-    ent: Tensor,
-    edge: Optional[Tensor],
-    keep_ratio: float,
-    num_protected: int,
-    alpha: float,
-    entropy_mode: str,
-    clusters: int,
-    iters: int,
-    allocation: str,
-) -> Tuple[Tensor, Tensor, Tensor]:
-    """:func:`select` with a choice of budget ``allocation`` ("ranked": the spec's step 5.3;
-    "proportional": per-cluster shares, see :func:`_select_one`)."""
+    ``allocation``: "ranked" (the spec's step 5.3) or "proportional" (per-cluster shares,
+    see :func:`_select_one`)."""
     if allocation not in ALLOCATIONS:
-        raise ValueError(f"select_tokens: allocation must be one of {ALLOCATIONS}, got {allocation!r}")
+        raise ValueError(f"select: allocation must be one of {ALLOCATIONS}, got {allocation!r}")
     b, n_tokens, _ = tokens.shape
     p = num_protected
     u = fused_importance(ent, edge, p, alpha, entropy_mode)

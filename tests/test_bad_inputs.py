@@ -15,11 +15,11 @@ and no kernel is ever launched on bad data. On top of the shared matrix:
 * the bad values themselves in the messages of the scalar cases;
 * index ranges checked before launch for every index-reading kernel (prune_idx,
   cluster_id, int32 indices), on every backend;
-* the data-check policy of ``registry._check_values``: NaN/Inf, probability rows and index
+* the data-check policy of ``registry.check_values``: NaN/Inf, probability rows and index
   ranges are checked on every call, except inside ``registry.trusted_inputs()``, with
   ``LVTP_CHECK_VALUES=0``, and under CUDA graph capture; shape/dtype/device checks always;
-* the private C++ ops ``torch.ops.lvtp_cpp.*`` (no validation of values, but TORCH_CHECK on
-  shapes/scalars): every bad shape or scalar raises RuntimeError, nothing crashes (run in
+* the compiled kernels called raw (the functions of ``lvtp_kernels._C``: no validation of
+  values, but TORCH_CHECK on shapes/scalars): every bad shape or scalar raises RuntimeError, nothing crashes (run in
   a subprocess, so a segfault fails the test instead of killing the run).
 """
 
@@ -168,13 +168,13 @@ def test_nan_caught_normally_and_skipped_inside_trusted_inputs(monkeypatch):
     with pytest.raises(ValueError, match=r"\battn\b.*NaN"):
         OPS.tsallis_entropy(attn, qs)
     with registry.trusted_inputs():
-        assert not registry._check_values()
+        assert not registry.check_values()
         out = OPS.tsallis_entropy(attn, qs)  # no data check: the NaN flows through
         assert out.shape == (attn.shape[0], attn.shape[2], len(qs))
         with registry.trusted_inputs():  # nests
             OPS.tsallis_entropy(attn, qs)
-        assert not registry._check_values()
-    assert registry._check_values()
+        assert not registry.check_values()
+    assert registry.check_values()
     with pytest.raises(ValueError, match=r"\battn\b.*NaN"):  # checks are back after the block
         OPS.tsallis_entropy(attn, qs)
 
@@ -192,7 +192,7 @@ def test_trusted_inputs_is_per_thread():
 
     seen = []
     with registry.trusted_inputs():
-        t = threading.Thread(target=lambda: seen.append(registry._check_values()))
+        t = threading.Thread(target=lambda: seen.append(registry.check_values()))
         t.start()
         t.join()
     assert seen == [True]
@@ -216,7 +216,7 @@ def test_trusted_inputs_keeps_shape_dtype_device_and_scalar_checks():
 @pytest.mark.parametrize("value,checks", [("0", False), ("false", False), ("off", False), ("1", True), ("", True)])
 def test_lvtp_check_values_env(monkeypatch, value, checks):
     monkeypatch.setenv("LVTP_CHECK_VALUES", value)
-    assert registry._check_values() is checks
+    assert registry.check_values() is checks
     attn, qs = _nan_attn_args()
     if checks:
         with pytest.raises(ValueError, match="NaN"):
@@ -240,7 +240,7 @@ def test_no_value_checks_during_cuda_graph_capture():
     s = torch.cuda.Stream()
     with torch.cuda.stream(s):
         with torch.cuda.graph(g):
-            assert not registry._check_values()
+            assert not registry.check_values()
             out = OPS.tsallis_entropy(a, [2.0])
     g.replay()
     torch.cuda.synchronize()
@@ -252,15 +252,15 @@ _CPP_SCRIPT = textwrap.dedent(
     r"""
     import sys, torch
     import lvtp_kernels  # loads lvtp_kernels._C
-    P = torch.ops.lvtp_cpp
+    P = lvtp_kernels._ext.module("cpp")
     f = torch.randn
     t, e, ed = f(2, 10, 4), torch.rand(2, 10, 3), torch.rand(2, 10)
     x, init = f(2, 8, 3), f(2, 3, 3)
     nan_t = t.clone(); nan_t[0, 3, 1] = float("nan")
     inf_e = e.clone(); inf_e[1, 2, 0] = float("inf")
     nan_x = x.clone(); nan_x[1, 1, 1] = float("nan")
-    S = lambda *a: P.select(*a)
-    ST = lambda *a: P.select_tokens(*a)
+    S = lambda *a: P.select(*a, "ranked")
+    ST = lambda *a: P.select(*a)
     base = (t, e, ed, 0.5, 1, 0.5, "low", 3, 2)
     def sel(i, v):
         a = list(base); a[i] = v; return tuple(a)
@@ -295,8 +295,8 @@ _CPP_SCRIPT = textwrap.dedent(
         "select mode": lambda: S(*sel(6, "mid")),
         "select clusters 0": lambda: S(*sel(7, 0)),
         "select iters 0": lambda: S(*sel(8, 0)),
-        "select_tokens allocation": lambda: ST(*base, "greedy"),
-        "select_tokens ent N": lambda: ST(*sel(1, e[:, :-1]), "ranked"),
+        "select allocation": lambda: ST(*base, "greedy"),
+        "select proportional ent N": lambda: ST(*sel(1, e[:, :-1]), "proportional"),
     }
     # bad data: no validation in the private ops; they must return (anything) or raise, not crash
     may_return = {
@@ -309,13 +309,13 @@ _CPP_SCRIPT = textwrap.dedent(
         "select huge clusters": lambda: S(*sel(7, 10**9)),
         "select alpha nan": lambda: S(*sel(5, float("nan"))),
         "select all-NaN tokens": lambda: S(*sel(0, torch.full_like(t, float("nan")))),
-        "select_tokens proportional NaN": lambda: ST(*sel(0, nan_t), "proportional"),
+        "select proportional NaN": lambda: ST(*sel(0, nan_t), "proportional"),
         "kmeans NaN x": lambda: P.kmeans(nan_x, init, 3),
         "kmeans Inf init": lambda: P.kmeans(x, torch.full_like(init, float("inf")), 3),
         "kmeans zero batch": lambda: P.kmeans(x[:0], init[:0], 2),
         "kmeans d = 0": lambda: P.kmeans(x[..., :0], init[..., :0], 2),
         "kmeans mixed dtypes": lambda: P.kmeans(x.half(), init.double(), 2),
-        # a meta tensor among CPU ones dispatches to the fake kernel: meta outputs, no crash
+        # a meta tensor among CPU ones: no data to read, an error, no crash
         "kmeans meta init": lambda: P.kmeans(x, init.to("meta"), 2),
         "select meta ent": lambda: S(*sel(1, e.to("meta"))),
         "select meta edge": lambda: S(*sel(2, ed.to("meta"))),
@@ -327,7 +327,7 @@ _CPP_SCRIPT = textwrap.dedent(
             fn()
             bad.append(name + ": did not raise")
         except RuntimeError as exc:
-            if "lvtp_cpp" not in str(exc) and "meta" not in str(exc).lower() and "device" not in str(exc).lower():
+            if "lvtp." not in str(exc) and "meta" not in str(exc).lower() and "device" not in str(exc).lower():
                 bad.append(name + ": unexpected message " + str(exc)[:200])
     for name, fn in may_return.items():
         print(name, flush=True)
@@ -342,7 +342,7 @@ _CPP_SCRIPT = textwrap.dedent(
 
 
 @pytest.mark.skipif(not HAVE_CPP, reason="C++ extension not built")
-def test_private_cpp_ops_reject_bad_shapes_without_crashing():
+def test_raw_cpp_kernels_reject_bad_shapes_without_crashing():
     env = dict(os.environ, LVTP_IMPL="auto")
     proc = subprocess.run([sys.executable, "-c", _CPP_SCRIPT], capture_output=True, text=True, timeout=300, env=env,
                           cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

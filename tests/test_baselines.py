@@ -1,4 +1,4 @@
-"""Baselines and ablations (lvtp_kernels.baselines): method parsing, the shared token
+"""Baselines and ablations (lvtp_kernels.app.baselines): method parsing, the shared token
 split / clustering pieces, ToMe's bipartite merge, and the runners on a tiny ViT."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import torch
 
 import lvtp_kernels
 from lvtp_kernels import flops as lflops
-from lvtp_kernels.baselines import (
+from lvtp_kernels.app.baselines import (
     METHODS,
     Method,
     bipartite_merge,

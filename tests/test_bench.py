@@ -10,9 +10,9 @@ import json
 import pytest
 import torch
 
-from lvtp_kernels import bench, cli
-from lvtp_kernels.baselines import parse_method
-from lvtp_kernels.evaluate import method_schedule
+from lvtp_kernels.app import bench, cli
+from lvtp_kernels.app.baselines import parse_method
+from lvtp_kernels.app.evaluate import method_schedule
 from lvtp_kernels.models import vit
 
 
@@ -113,7 +113,8 @@ def test_ops_table_normalises_every_benchmark_row():
 def test_bench_head_times_the_model_layout(tmp_path, monkeypatch):
     """benchmarks/bench_head.py: the 'reference' column is the decoder's own channels-last
     logits (what the model runs), 'ours' the NCHW copy; both give the same map."""
-    from benchmarks import bench_head, common
+    from benchmarks import bench_head
+    from lvtp_kernels.app import microbench
     from lvtp_kernels.models.vit import LinearDecoder
 
     import torch.nn.functional as F
@@ -131,10 +132,10 @@ def test_bench_head_times_the_model_layout(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert seen == [logits.stride()]  # the benchmark builds the decoder's own layout
     assert logits.is_contiguous(memory_format=torch.channels_last)
-    n = len(common.COLLECTED)
+    monkeypatch.setenv(microbench.ROWS_ENV, str(tmp_path / "rows.jsonl"))
     assert bench_head.main(["--quick", "--repeats", "2", "--csv", str(tmp_path / "b.csv")]) == 0
-    bench, rows = common.COLLECTED[n]
-    assert bench == "bench_head" and len(rows) == 1
+    rows = [json.loads(line) for line in (tmp_path / "rows.jsonl").read_text().splitlines()]
+    assert len(rows) == 1 and rows[0]["bench"] == "bench_head"
     r = rows[0]
     assert r["ref_ms"] > 0 and r["ours_ms"] > 0 and r["speedup"] == pytest.approx(r["ref_ms"] / r["ours_ms"])
     assert "240x320" in r["shape"] and "bench_head" in (tmp_path / "b.csv").read_text()
@@ -154,3 +155,15 @@ def test_e2e_breakdown_parts(tmp_path):
         assert all(v > 0 for v in parts.values()), parts
         assert sum(parts.values()) <= r["profiled_ms"] * 1.02, (parts, r["profiled_ms"])
     assert "overhead parts per forward" in md and "| entropy_attention | edge | selection |" in md
+
+
+def test_bench_ops_runs_the_benchmark_scripts_as_processes(tmp_path):
+    """`lvtp bench ops --only bench_edge --quick`: the package runs benchmarks/bench_edge.py
+    as its own process (it never imports benchmarks/) and reads its rows back."""
+    rows = bench.run_ops(quick=True, only=["bench_edge"], log=print)
+    assert rows and all(r["bench"] == "patch_edge_energy" for r in rows)
+    assert all(r["ref_ms"] > 0 for r in rows)
+    table = bench.ops_table(rows)
+    assert "| patch_edge_energy | B=1 64x64 patch=16 |" in table
+    with pytest.raises(ValueError, match="bench_nope"):
+        bench.run_ops(only=["bench_nope"])

@@ -7,14 +7,15 @@ import sys
 import pytest
 import torch
 
-from lvtp_kernels import cli, registry
+from lvtp_kernels import registry
+from lvtp_kernels.app import cli
 
 
 def test_info_lists_every_op_and_backend(capsys):
     assert cli.main(["info"]) == 0
     out = capsys.readouterr().out
     assert "torch" in out and "LVTP_IMPL=auto" in out
-    for op in registry.OP_NAMES:
+    for op in registry.op_names():
         assert op in out
 
 
@@ -23,7 +24,7 @@ def test_info_json_reports_chosen_backend_and_reasons(capsys, monkeypatch):
     assert cli.main(["info", "--json"]) == 0
     d = json.loads(capsys.readouterr().out)
     assert d["LVTP_IMPL"] == "ref"
-    assert [row["op"] for row in d["ops"]] == list(registry.OP_NAMES)
+    assert [row["op"] for row in d["ops"]] == list(registry.op_names())
     for row in d["ops"]:
         assert row["chosen"]["cpu"] == "ref"
         assert set(row["backends"]) == set(registry.BACKENDS)
@@ -213,7 +214,7 @@ def test_demo_runs_the_bundled_reference_model_and_writes_pngs(capsys, tmp_path)
     assert abs(analytic - counted) / counted < 0.005  # the cost model of the patched options
     pngs = sorted(tmp_path.glob("*.png"))
     assert len(pngs) == 3
-    from lvtp_kernels.viz import CAMVID_PALETTE
+    from lvtp_kernels.app.viz import CAMVID_PALETTE
 
     for p in pngs:
         with Image.open(p) as im:

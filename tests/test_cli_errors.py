@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from lvtp_kernels import cli
+from lvtp_kernels.app import cli
 
 ASSET = str(cli.ASSETS / "camvid_val_0016E5_07959.png")
 LABEL = str(cli.ASSETS / "camvid_val_0016E5_07959_label.png")

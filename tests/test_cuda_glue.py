@@ -1,4 +1,4 @@
-"""csrc/lvtp_cuda.cpp (the ATen glue of the CUDA ops) compiles against this torch's headers.
+"""csrc/bind_cuda.cpp (the ATen glue and bindings of the CUDA kernels) compiles against this torch's headers.
 
 A CPU machine cannot build the CUDA extension (its torch has no CUDA libraries), so without
 this check the glue would first be compiled on a lent GPU. The CPU wheel ships the c10/cuda
@@ -45,7 +45,7 @@ def test_cuda_glue_compiles(tmp_path):
     (stub / "cuda_cmake_macros.h").write_text("#pragma once\n#define C10_CUDA_BUILD_SHARED_LIBS\n")
     cmd = ["g++", "-std=c++20", "-fsyntax-only", "-Wall", "-Werror=return-type", f"-I{ROOT / 'csrc'}", f"-I{tmp_path}",
            *(f"-I{p}" for p in torch_inc), f"-I{inc}", f"-I{sysconfig.get_paths()['include']}",
-           str(ROOT / "csrc" / "lvtp_cuda.cpp")]
+           str(ROOT / "csrc" / "bind_cuda.cpp")]
     r = subprocess.run(cmd, capture_output=True, text=True)
     assert r.returncode == 0, f"{' '.join(cmd)}\n{r.stderr[-5000:]}"
     assert "error" not in r.stderr

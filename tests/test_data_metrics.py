@@ -1,5 +1,5 @@
-"""CamVid data loading / augmentation (lvtp_kernels.data.camvid) and the segmentation
-metrics (lvtp_kernels.data.metrics), on a tiny synthetic dataset built in tmp_path."""
+"""CamVid data loading / augmentation (lvtp_kernels.app.data.camvid) and the segmentation
+metrics (lvtp_kernels.app.data.metrics), on a tiny synthetic dataset built in tmp_path."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from lvtp_kernels.data import (
+from lvtp_kernels.app.data import (
     IGNORE_INDEX,
     MEAN,
     NUM_CLASSES,
@@ -385,7 +385,7 @@ def _seq_lists(tmp_path):
 
 
 def test_sequence_selections_are_disjoint_and_cover_the_pool(tmp_path):
-    from lvtp_kernels.data import sequence_of
+    from lvtp_kernels.app.data import sequence_of
 
     d = _seq_lists(tmp_path)
     pool = read_pairs(d, "train") + read_pairs(d, "val")
@@ -413,7 +413,7 @@ def test_bad_sequence_selection_names_the_split(tmp_path, split, match):
 
 # --------------------------------------------------------------------------- bootstrap over images
 def test_batched_miou_matches_confusion_matrix(gen):
-    from lvtp_kernels.data import miou_of
+    from lvtp_kernels.app.data import miou_of
 
     for trial in range(20):
         c = 5
@@ -426,7 +426,7 @@ def test_batched_miou_matches_confusion_matrix(gen):
 
 
 def test_bootstrap_counts_draw_n_images_each_and_are_seeded():
-    from lvtp_kernels.data import bootstrap_counts
+    from lvtp_kernels.app.data import bootstrap_counts
 
     c = bootstrap_counts(17, 500, seed=3)
     assert c.shape == (500, 17) and bool((c.sum(1) == 17).all()) and bool((c >= 0).all())
@@ -437,8 +437,8 @@ def test_bootstrap_counts_draw_n_images_each_and_are_seeded():
 
 
 def test_bootstrap_interval_covers_and_paired_difference_is_exact(gen):
-    from lvtp_kernels.data.metrics import percentile_ci, resampled_miou
-    from lvtp_kernels.data import bootstrap_counts
+    from lvtp_kernels.app.data.metrics import percentile_ci, resampled_miou
+    from lvtp_kernels.app.data import bootstrap_counts
 
     c, n = 4, 40
     labels = torch.randint(0, c, (n, 16), generator=gen)

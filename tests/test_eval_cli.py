@@ -1,4 +1,4 @@
-"""The evaluation harness (lvtp_kernels.evaluate), ``lvtp eval`` / ``lvtp train-reference``,
+"""The evaluation harness (lvtp_kernels.app.evaluate), ``lvtp eval`` / ``lvtp train-reference``,
 the reference checkpoint round trip, and the conv stem's cost model; on a tiny synthetic
 dataset and tiny models (CPU, a few seconds)."""
 
@@ -17,15 +17,16 @@ import torch.nn.functional as F
 from PIL import Image
 
 import lvtp_kernels
-from lvtp_kernels import cli
+from lvtp_kernels.app import cli
 from lvtp_kernels import flops as lflops
-from lvtp_kernels.baselines import METHODS
-from lvtp_kernels.data import IGNORE_INDEX, NUM_CLASSES, ConfusionMatrix, boundary_mask, load_split
-from lvtp_kernels.evaluate import markdown_table, method_gflops, run_eval
+from lvtp_kernels.app.baselines import METHODS
+from lvtp_kernels.app.data import IGNORE_INDEX, NUM_CLASSES, ConfusionMatrix, boundary_mask, load_split
+from lvtp_kernels.app.evaluate import markdown_table, method_gflops, run_eval
 from lvtp_kernels.models import load_reference
 from lvtp_kernels.models.vit import ConvStem, ViTSegmenter, conv_stem_channels, conv_stem_flops, drop_path, vit_config
-from lvtp_kernels.segment import prepare
-from lvtp_kernels.train import export_fp16, load_checkpoint, lr_at, read_log, train_reference
+from lvtp_kernels.app.segment import prepare
+from lvtp_kernels.app.train import lr_at, read_log, train_reference
+from lvtp_kernels.models.checkpoint import export_fp16, load_checkpoint
 from python_ref.flops import vit_flops
 
 H, W = 48, 64
@@ -105,7 +106,7 @@ def test_run_eval_json_structure(eval_result):
         assert r["miou_drop"] == pytest.approx(b["miou"] - r["miou"])
         assert r["boundary_miou_drop"] == pytest.approx(b["boundary_miou"] - r["boundary_miou"])
         assert r["images_per_s"] > 0
-        assert set(r["per_class"]) == set(lvtp_kernels.data.CLASS_NAMES)
+        assert set(r["per_class"]) == set(lvtp_kernels.app.data.CLASS_NAMES)
     # every method prunes after the same layers, its keep ratios solved on its own cost
     # model so that all spend the same GFLOPs (within the solver's tolerance)
     assert len({json.dumps([s[0] for s in r["schedule"]]) for r in res["results"]}) == 1
@@ -432,7 +433,7 @@ def test_checkpoints_of_either_format_load_the_same_model(model, model_path, tmp
     and one whose config is only in a config.json beside it give the same weights."""
     from safetensors.torch import load_file, save_file
 
-    from lvtp_kernels.train import _config_dict
+    from lvtp_kernels.models.checkpoint import _config_dict
 
     ref = load_checkpoint(model_path)
     sd = load_file(model_path)

@@ -28,7 +28,7 @@ backend and python_ref may legitimately order them differently.
 * prune on the triton backend: its entropies come from the Triton kernel (equal to the
   reference within 1e-5, checked on its own by the tsallis tests), so its indices are
   checked *exactly* against python_ref.select run on the backend's own entropies.
-* select/select_tokens on cpp/cuda: bit-identical to python_ref (same float64 operation
+* select (both allocations) on cpp/cuda: bit-identical to python_ref (same float64 operation
   order, same tie rules), so no tie tolerance at all.
 
 Example counts come from the hypothesis profiles in tests/conftest.py ("ci" by default,
@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 from typing import Optional
 
 import pytest
@@ -82,16 +81,9 @@ ORDERS = [0.5, 1.0, 2.0, 3.0, 0.9, 1.1, 0.99, 1.001, 0.3, 1.5, 2.5, 4.0, 7.0, 0.
 @contextlib.contextmanager
 def backend(op: str, name: str, device: str):
     """LVTP_IMPL=name for the block; checks that ``op`` really runs on that backend."""
-    old = os.environ.get("LVTP_IMPL")
-    os.environ["LVTP_IMPL"] = name
-    try:
+    with registry.forced_impl(name):
         assert registry.choose_backend(op, device, warn=False) == name, (op, name, device)
         yield
-    finally:
-        if old is None:
-            del os.environ["LVTP_IMPL"]
-        else:
-            os.environ["LVTP_IMPL"] = old
 
 
 def _cpu(x):
@@ -461,7 +453,7 @@ def test_fuzz_kmeans(impl, device, inp):
     assert bool((mine - best <= KMEANS_TIE_RTOL * best.clamp_min(1e-30) + 1e-12).all())
 
 
-# --------------------------------------------------------------------------- select / select_tokens / prune
+# --------------------------------------------------------------------------- select / prune
 def check_selection(keep_idx, prune_idx, cluster_id, b, n, p, keep_ratio, clusters):
     """The invariants of step 5's outputs."""
     kk = ref.budget(n, p, keep_ratio)
@@ -507,20 +499,20 @@ def select_tie_margin(tokens, ent, edge, keep_ratio, num_protected, alpha, entro
 
 
 def ref_select_given_assign(args, cluster_id, allocation):
-    """python_ref.select_tokens with its k-means replaced by the given cluster ids."""
+    """python_ref.select with its k-means replaced by the given cluster ids."""
     p = args["num_protected"]
     rows = iter(cluster_id[:, p:].long())
     orig = ref.kmeans
     ref.kmeans = lambda x, init, iters: (None, next(rows)[None])
     try:
-        return ref.select_tokens(**args, allocation=allocation)
+        return ref.select(**args, allocation=allocation)
     finally:
         ref.kmeans = orig
 
 
 def assert_selection_matches(got, args, allocation="ranked"):
     """Exact equality with python_ref, tie-aware as explained above."""
-    want = ref.select_tokens(**args, allocation=allocation)
+    want = ref.select(**args, allocation=allocation)
     if all(torch.equal(g_, w_) for g_, w_ in zip(got, want)):
         return
     margin = select_tie_margin(**args)
@@ -580,9 +572,9 @@ def test_fuzz_select(impl, device, args):
 
 @pytest.mark.parametrize("impl,device", [REF, CPP, CUDA])
 @given(args=select_inputs(with_allocation=True))
-def test_fuzz_select_tokens(impl, device, args):
-    with backend("select_tokens", impl, device):
-        got = _cpu(run_twice(lambda: OPS.select_tokens(**_dev_args(args, device))))
+def test_fuzz_select_allocation(impl, device, args):
+    with backend("select", impl, device):
+        got = _cpu(run_twice(lambda: OPS.select(**_dev_args(args, device))))
     sel = dict(args)
     allocation = sel.pop("allocation")
     assert_selection_matches(got, sel, allocation)

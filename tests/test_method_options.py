@@ -43,7 +43,7 @@ def test_proportional_selection_keeps_each_clusters_share_of_its_best_tokens(see
     tokens = torch.randn(2, n, 24, generator=g)
     ent = torch.rand(2, n, 4, generator=g)
     edge = torch.rand(2, n, generator=g)
-    keep, prune, cid = torch.ops.lvtp.select_tokens(tokens, ent, edge, keep_ratio, p, 0.5, "high", clusters, 5,
+    keep, prune, cid = torch.ops.lvtp.select(tokens, ent, edge, keep_ratio, p, 0.5, "high", clusters, 5,
                                                     "proportional")
     ranked = torch.ops.lvtp.select(tokens, ent, edge, keep_ratio, p, 0.5, "high", clusters, 5)
     assert torch.equal(cid, ranked[2])  # the same semantic clusters
@@ -65,7 +65,7 @@ def test_proportional_selection_keeps_each_clusters_share_of_its_best_tokens(see
 def test_ranked_allocation_is_select():
     g = torch.Generator().manual_seed(3)
     tokens, ent = torch.randn(2, 40, 16, generator=g), torch.rand(2, 40, 4, generator=g)
-    a = torch.ops.lvtp.select_tokens(tokens, ent, None, 0.4, 1, 0.5, "low", 8, 10, "ranked")
+    a = torch.ops.lvtp.select(tokens, ent, None, 0.4, 1, 0.5, "low", 8, 10, "ranked")
     b = torch.ops.lvtp.select(tokens, ent, None, 0.4, 1, 0.5, "low", 8, 10)
     assert all(torch.equal(x, y) for x, y in zip(a, b))
 

@@ -332,11 +332,11 @@ def test_patched_model_runs_the_triton_kernels_under_the_interpreter(monkeypatch
 def test_reference_model_is_trained_and_prunes_gracefully():
     # the bundled CamVid model: real accuracy on the bundled labelled val photos, and a
     # 30 % pruned forward that keeps nearly every pixel's class
-    from lvtp_kernels.cli import ASSETS, DEMO_IMAGES
-    from lvtp_kernels.data.camvid import read_image, read_label
-    from lvtp_kernels.data.metrics import ConfusionMatrix
+    from lvtp_kernels.app.cli import ASSETS, DEMO_IMAGES
+    from lvtp_kernels.app.data.camvid import read_image, read_label
+    from lvtp_kernels.app.data.metrics import ConfusionMatrix
     from lvtp_kernels.models import load_reference, reference_info
-    from lvtp_kernels.segment import predict
+    from lvtp_kernels.app.segment import predict
 
     model = load_reference()
     assert model.cfg.stem == "conv" and model.cfg.num_classes == 11 and not model.training

@@ -37,8 +37,7 @@ OP_NAMES = (
     "prune",
     "gather_tokens",
     "scatter_tokens",
-    "select_tokens",  # the project's additions: select with a choice of budget allocation,
-    "reconstruct_stage",  # step 7 for one stage
+    "reconstruct_stage",  # the project's addition: step 7 for one stage
 )
 # Argument names of each op in schema order (spec).
 ARG_NAMES: Dict[str, tuple] = {
@@ -46,14 +45,13 @@ ARG_NAMES: Dict[str, tuple] = {
     "attention_entropy": ("q", "k", "v", "qs", "scale"),
     "patch_edge_energy": ("image", "patch"),
     "kmeans": ("x", "init", "iters"),
-    "select": ("tokens", "ent", "edge", "keep_ratio", "num_protected", "alpha", "entropy_mode", "clusters", "iters"),
+    # the spec's select plus the project's choice of budget allocation (default: the spec's "ranked")
+    "select": ("tokens", "ent", "edge", "keep_ratio", "num_protected", "alpha", "entropy_mode", "clusters", "iters",
+               "allocation"),
     "prune": ("tokens", "attn", "edge", "keep_ratio", "num_protected", "qs", "alpha", "entropy_mode", "clusters", "iters"),
     "gather_tokens": ("x", "idx"),
     "scatter_tokens": ("full", "x", "idx"),
     "reconstruct_stage": ("full", "x_stage", "keep_idx", "prune_idx", "cluster_id", "clusters", "mode"),
-    "select_tokens": (
-        "tokens", "ent", "edge", "keep_ratio", "num_protected", "alpha", "entropy_mode", "clusters", "iters", "allocation",
-    ),
 }
 FLOATS = (torch.float32, torch.float16, torch.bfloat16)
 QS = [0.5, 1.0, 2.0, 3.0]
@@ -216,9 +214,9 @@ def _samples() -> Dict[str, Sample]:
 
     # select_tokens
     for alloc in ("ranked", "proportional"):
-        s[f"select-tokens-{alloc}"] = Sample("select_tokens", (tokens, ent, edge, 0.5, 1, 0.5, "high", 4, 5, alloc))
+        s[f"select-tokens-{alloc}"] = Sample("select", (tokens, ent, edge, 0.5, 1, 0.5, "high", 4, 5, alloc))
     s["select-tokens-fp16-noncontig"] = Sample(
-        "select_tokens", (_noncontig(tokens).half(), _noncontig(ent), None, 0.3, 2, 0.5, "low", 3, 2, "proportional")
+        "select", (_noncontig(tokens).half(), _noncontig(ent), None, 0.3, 2, 0.5, "low", 3, 2, "proportional")
     )
     s["recon-noncontig"] = Sample(
         "reconstruct_stage",
@@ -236,7 +234,7 @@ SAMPLES = _samples()
 
 def test_samples_cover_every_op():
     assert {smp.op for smp in SAMPLES.values()} == set(OP_NAMES)
-    assert set(registry.OP_NAMES) == set(OP_NAMES)
+    assert set(registry.op_names()) == set(OP_NAMES)
 
 
 def _call(op: str, args, kwargs=None):
@@ -269,7 +267,8 @@ SPEC_SCHEMAS = {
     "kmeans": "lvtp::kmeans(Tensor x, Tensor init, int iters) -> (Tensor centroids, Tensor assign)",
     "select": (
         "lvtp::select(Tensor tokens, Tensor ent, Tensor? edge, float keep_ratio, int num_protected, float alpha, "
-        "str entropy_mode, int clusters, int iters) -> (Tensor keep_idx, Tensor prune_idx, Tensor cluster_id)"
+        "str entropy_mode, int clusters, int iters, str allocation=\"ranked\") -> (Tensor keep_idx, Tensor prune_idx, "
+        "Tensor cluster_id)"
     ),
     "prune": (
         "lvtp::prune(Tensor tokens, Tensor attn, Tensor? edge=None, float keep_ratio=0.7, int num_protected=1, "
@@ -281,11 +280,6 @@ SPEC_SCHEMAS = {
     "reconstruct_stage": (
         "lvtp::reconstruct_stage(Tensor full, Tensor x_stage, Tensor keep_idx, Tensor prune_idx, "
         "Tensor cluster_id, int clusters, str mode) -> Tensor"
-    ),
-    "select_tokens": (
-        "lvtp::select_tokens(Tensor tokens, Tensor ent, Tensor? edge, float keep_ratio, int num_protected, "
-        "float alpha, str entropy_mode, int clusters, int iters, str allocation) -> (Tensor keep_idx, "
-        "Tensor prune_idx, Tensor cluster_id)"
     ),
 }
 
@@ -540,7 +534,7 @@ def _base_args(op: str) -> Dict[str, Any]:
         "kmeans": dict(x=x, init=x[:, :3].clone(), iters=3),
         "select": dict(
             tokens=tokens, ent=_rand(B, N, 4, seed=8), edge=_rand(B, N, seed=9), keep_ratio=0.5, num_protected=1,
-            alpha=0.5, entropy_mode="low", clusters=3, iters=2,
+            alpha=0.5, entropy_mode="low", clusters=3, iters=2, allocation="proportional",
         ),
         "prune": dict(
             tokens=tokens, attn=attn, edge=_rand(B, N, seed=9), keep_ratio=0.5, num_protected=1, qs=list(QS),
@@ -549,10 +543,6 @@ def _base_args(op: str) -> Dict[str, Any]:
         "gather_tokens": dict(x=tokens, idx=_unique_idx(B, N, 4, seed=10)),
         "scatter_tokens": dict(full=tokens, x=_randn(B, 4, C, seed=11), idx=_unique_idx(B, N, 4, seed=12)),
         "reconstruct_stage": _recon_args(tokens),
-        "select_tokens": dict(
-            tokens=tokens, ent=_rand(B, N, 4, seed=8), edge=_rand(B, N, seed=9), keep_ratio=0.5, num_protected=1,
-            alpha=0.5, entropy_mode="low", clusters=3, iters=2, allocation="proportional",
-        ),
     }[op]
 
 
@@ -818,13 +808,8 @@ def _bad_cases() -> List:
     c[f"{op}-clusters-0"] = Bad(op, "clusters", True, clusters=0)
     c[f"{op}-mode"] = Bad(op, "mode", True, mode="mean")
 
-    # select_tokens: select's checks (shared validator) plus the allocation
-    op = "select_tokens"
-    common(op, ["tokens", "ent", "edge"], "tokens")
-    nonfinite(op, "tokens")
-    select_scalars(op)
-    c[f"{op}-allocation"] = Bad(op, "allocation", True, allocation="greedy")
-    c[f"{op}-ent-N"] = Bad(op, "ent", True, ent=lambda a: a["ent"][:, :-1])
+    # select's allocation (the base arguments leave it at its default, "ranked")
+    c["select-allocation"] = Bad("select", "allocation", True, allocation="greedy")
     return [pytest.param(v, id=k) for k, v in c.items()]
 
 
@@ -918,13 +903,23 @@ def test_requires_grad_raises_even_under_no_grad():
 # --------------------------------------------------------------------------- 6. dispatch policy
 @pytest.fixture
 def restore_backends():
-    saved = {op: dict(table) for op, table in registry._BACKENDS.items()}
+    saved = {op: dict(spec.backends) for op, spec in registry.SPECS.items()}
     try:
         yield
     finally:
-        for op, table in registry._BACKENDS.items():
-            table.clear()
-            table.update(saved[op])
+        for op, spec in registry.SPECS.items():
+            spec.backends.clear()
+            spec.backends.update(saved[op])
+
+
+def _recorder(fn, calls):
+    """``fn`` that also appends its arguments to ``calls``: a backend whose use is visible."""
+
+    def recording(*args):
+        calls.append(args)
+        return fn(*args)
+
+    return recording
 
 
 def _run_all_ops():
@@ -978,7 +973,7 @@ def _auto_cpu(op: str) -> str:
     which composes select) when the extension is built, else the reference."""
     from lvtp_kernels import _ext
 
-    cpp_ops = ("kmeans", "select", "select_tokens", "prune", "attention_entropy", "patch_edge_energy",
+    cpp_ops = ("kmeans", "select", "prune", "attention_entropy", "patch_edge_energy",
                "reconstruct_stage", "gather_tokens")
     return "cpp" if op in cpp_ops and _ext.status()["cpp"][0] else "ref"
 
@@ -1038,10 +1033,7 @@ def test_unavailable_forced_backend_raises_with_reason(monkeypatch, restore_back
 def test_forced_available_backend_is_the_one_called(monkeypatch, restore_backends):
     op = "tsallis_entropy"
     calls = []
-
-    def recording(*args):
-        calls.append(args)
-        return python_ref.tsallis_entropy(*args)
+    recording = _recorder(python_ref.tsallis_entropy, calls)
 
     registry.register_backend(op, "triton", recording, devices=("cpu",))
     smp = SAMPLES["tsallis-transposed"]
@@ -1068,10 +1060,7 @@ def test_forced_available_backend_is_the_one_called(monkeypatch, restore_backend
 
 def test_auto_prefers_available_cpp_on_cpu(monkeypatch, restore_backends):
     calls = []
-
-    def recording(*args):
-        calls.append(args)
-        return python_ref.scatter_tokens(*args)
+    recording = _recorder(python_ref.scatter_tokens, calls)
 
     registry.register_backend("scatter_tokens", "cpp", recording, devices=("cpu",))
     monkeypatch.delenv("LVTP_IMPL", raising=False)
@@ -1127,10 +1116,7 @@ def test_prune_composes_its_parts_on_their_own_backends(monkeypatch, restore_bac
     # A backend for any part of prune (tsallis_entropy, select, gather_tokens) makes prune a
     # composite for it: each part then runs on its own chosen backend.
     calls = []
-
-    def recording(*args):
-        calls.append(args)
-        return python_ref.select(*args)
+    recording = _recorder(python_ref.select, calls)
 
     registry.register_backend("select", "cpp", recording, devices=("cpu",))
     monkeypatch.delenv("LVTP_IMPL", raising=False)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from benchmarks import tune_attention as tune
-from lvtp_kernels.ops import attention as attn
+from lvtp_kernels.ops import attention_triton as attn
 from python_ref import ops as ref
 
 QS = [0.5, 1.0, 2.0, 3.0]

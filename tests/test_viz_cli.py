@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lvtp_kernels import cli
-from lvtp_kernels.viz import CAMVID_PALETTE, STAGE_COLOURS, add_viz_parser, class_legend, figure_columns, run_viz
+from lvtp_kernels.app import cli
+from lvtp_kernels.app.viz import CAMVID_PALETTE, STAGE_COLOURS, add_viz_parser, class_legend, figure_columns, run_viz
 
 PHOTO = "camvid_val_0016E5_07959"
 PAD, TITLE_H = 6, 18
@@ -55,7 +55,7 @@ def test_class_legend_shows_every_class_colour_and_the_stage_colours():
 
 
 def test_viz_writes_the_figure_with_a_legend(tmp_path, capsys):
-    from lvtp_kernels.cli import ASSETS
+    from lvtp_kernels.app.cli import ASSETS
     from lvtp_kernels.models import load_reference
 
     out = tmp_path / "fig" / "viz.png"
@@ -76,7 +76,7 @@ def test_viz_writes_the_figure_with_a_legend(tmp_path, capsys):
 
 
 def test_viz_without_pruning_and_bad_inputs(tmp_path, capsys):
-    from lvtp_kernels.cli import ASSETS
+    from lvtp_kernels.app.cli import ASSETS
     from lvtp_kernels.models import load_reference
 
     out = tmp_path / "none.png"

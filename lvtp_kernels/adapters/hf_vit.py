@@ -52,11 +52,11 @@ from torch import Tensor, nn
 
 from python_ref.flops import ViTShape
 
-from ..models.patching import warn_if_grad
+from ..models.engine import warn_if_grad
 from ..registry import trusted_inputs
-from . import hf_kind
+from ._classes import hf_kind
 from ._common import (
-    AdapterMixin, attention_entropy, linear_flops, make_patched_class, pair, pruned_blocks_with_intermediates,
+    AdapterMixin, attention_entropy, linear_flops, make_patched_class, pair, pruned_blocks,
     single_patch_size,
 )
 
@@ -305,7 +305,7 @@ def _features(
         x = emb(pixel_values, bool_masked_pos=bool_masked_pos)
     warn_if_grad(x)
     with torch.no_grad(), trusted_inputs():  # the lvtp ops take no gradients
-        final, inter = pruned_blocks_with_intermediates(
+        final, inter = pruned_blocks(
             st, list(layers(base)), x, pixel_values, single_patch_size(pair(base.config.patch_size)), p,
             block_entropy, _run_layer, take,
         )
@@ -400,3 +400,6 @@ class HFViT:
         patched._lvtp_hf_kind = hf_kind(cls)
         _share_output_recording(cls, patched)
         return patched
+
+
+_HFLVTPMixin._lvtp_family = HFViT  # what pickle rebuilds the patched class with

@@ -42,10 +42,10 @@ from torch import Tensor, nn
 
 from python_ref.flops import ViTShape
 
-from ..models.patching import warn_if_grad
+from ..models.engine import warn_if_grad
 from ..registry import trusted_inputs
 from ._common import (
-    AdapterMixin, attention_entropy, linear_flops, make_patched_class, pair, pruned_blocks_with_intermediates,
+    AdapterMixin, attention_entropy, linear_flops, make_patched_class, pair, pruned_blocks,
     single_patch_size,
 )
 
@@ -140,7 +140,7 @@ class _TimmLVTPMixin(AdapterMixin):
         x = _get(self, "norm_pre")(x)
         warn_if_grad(x)
         with torch.no_grad(), trusted_inputs():  # the lvtp ops take no gradients
-            return pruned_blocks_with_intermediates(
+            return pruned_blocks(
                 self._lvtp, list(blocks), x, image, single_patch_size(_patch_size(self)), int(self.num_prefix_tokens),
                 block_entropy, _run_block, take,
             )
@@ -264,3 +264,6 @@ class TimmViT:
     @staticmethod
     def patched_class(cls: type) -> type:
         return make_patched_class(cls, _TimmLVTPMixin, __name__, _PATCHED)
+
+
+_TimmLVTPMixin._lvtp_family = TimmViT  # what pickle rebuilds the patched class with

@@ -14,134 +14,25 @@ forward runs under ``torch.no_grad()`` (the lvtp ops take no gradients).
 
 from __future__ import annotations
 
-import sys
-import warnings
-from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
 
 from python_ref.flops import schedule_for_flops
-from python_ref.ops import DEFAULT_QS
 from python_ref.pipeline import RECONSTRUCT_MODES, StageRecord, active_stages
 
 from .. import _validate as V
 from ..registry import trusted_inputs
+from .engine import (  # noqa: F401  (DEFAULTS, SPEC_DEFAULTS, LVTPState, reconstruct: documented here)
+    DEFAULTS, SPEC_DEFAULTS, LVTPState, _LVTPMixin, make_patched_class, pruned_blocks, reconstruct, warn_if_grad,
+)
 from .vit import ViTSegmenter
 
 SUPPORTED = (ViTSegmenter,)
 
-# The spec's defaults for every option of the method (spec steps 1-7).
-SPEC_DEFAULTS: Dict[str, object] = dict(
-    qs=DEFAULT_QS, alpha=0.5, entropy_mode="low", clusters=8, iters=10, use_edge=True, reconstruct="residual",
-    weights="dynamic", allocation="ranked",
-)
-# The package's defaults: the spec's, except where the CamVid val ablation
-# (docs/results.md) measured a better choice; every spec choice stays selectable.
-DEFAULTS: Dict[str, object] = dict(
-    SPEC_DEFAULTS, alpha=0.3, entropy_mode="high", allocation="proportional", reconstruct="nearest", iters=3
-)
-
-
-@dataclass
-class LVTPState:
-    """Everything a patched model's forward needs, shared by all its stages."""
-
-    schedule: List[Tuple[int, float]]  # as given, sorted by layer
-    stages: Dict[int, float]  # the stages that prune (keep_ratio < 1.0)
-    qs: Tuple[float, ...] = DEFAULT_QS
-    alpha: float = 0.5
-    entropy_mode: str = "low"
-    clusters: int = 8
-    iters: int = 10
-    use_edge: bool = True
-    reconstruct: str = "residual"
-    weights: str = "dynamic"  # "dynamic" (spec step 2) or "equal" (mean of the orders, an ablation)
-    allocation: str = "ranked"  # "ranked" (spec step 5.3) or "proportional" (per-cluster budget shares)
-    keep_records: bool = False  # keep the last forward's stage records (see last_records)
-    last_records: List[StageRecord] = field(default_factory=list)
-
-
-def reconstruct(x_final: Tensor, records: Sequence[StageRecord], mode: str, clusters: int) -> Tensor:
-    """Spec step 7: one ``torch.ops.lvtp.reconstruct_stage`` per stage, from the last to
-    the first (python_ref.pipeline.reconstruct is the loop reference).
-
-    Per stage the kept tokens' residuals ``x_j(final) - x_j(s)`` are averaged per cluster
-    in fp32 or wider (``clusters`` bounds the cluster ids) and added to the pruned tokens
-    of the same cluster; a cluster without a kept token adds nothing (frozen).
-    """
-    if mode not in RECONSTRUCT_MODES:
-        raise ValueError(f"reconstruct: mode must be one of {RECONSTRUCT_MODES}, got {mode!r}")
-    full = x_final
-    for rec in reversed(records):
-        full = torch.ops.lvtp.reconstruct_stage(
-            full, rec.x_at_stage.to(full.dtype), rec.keep_idx, rec.prune_idx, rec.cluster_id, clusters, mode
-        )
-    return full
-
-
-# ---------------------------------------------------------------------- the engine
-# What every patched model family shares (the package's ViT here, timm and Hugging Face
-# models in lvtp_kernels.adapters): the edge term, one pruning step per stage, and the
-# reconstruction at the end. All of it runs inside registry.trusted_inputs(): the tensors
-# come from the model's own blocks and from lvtp ops, so the ops' data checks (a device
-# sync each on a GPU) are skipped.
-
-
-def stage_edge(st: LVTPState, image: Optional[Tensor], patch_size: int, num_prefix: int) -> Optional[Tensor]:
-    """The per-token edge energy (B, P + patches) of the input, or None when the edge term
-    has no weight (``use_edge=False`` or ``alpha == 1``) or there is no image."""
-    if image is None or not st.use_edge or st.alpha >= 1.0:
-        return None
-    e = torch.ops.lvtp.patch_edge_energy(image, patch_size)
-    return torch.cat([e.new_zeros(e.shape[0], num_prefix), e], dim=1) if num_prefix else e
-
-
-def prune_step(
-    st: LVTPState, layer: int, x: Tensor, ent: Tensor, edge: Optional[Tensor], num_prefix: int,
-    records: List[StageRecord],
-) -> Tuple[Tensor, Optional[Tensor]]:
-    """Spec steps 2-6 at stage ``layer``: select on (x, ent, edge), keep the kept tokens,
-    record the stage for the reconstruction. Returns the kept tokens and their edge."""
-    if st.weights == "equal":  # one averaged order, whose dynamic weight is 1 (an ablation)
-        ent = ent.mean(dim=-1, keepdim=True)
-    r = st.stages[layer]
-    if st.allocation == "ranked":
-        keep_idx, prune_idx, cluster_id = torch.ops.lvtp.select(
-            x, ent, edge, r, num_prefix, st.alpha, st.entropy_mode, st.clusters, st.iters
-        )
-    else:
-        keep_idx, prune_idx, cluster_id = torch.ops.lvtp.select_tokens(
-            x, ent, edge, r, num_prefix, st.alpha, st.entropy_mode, st.clusters, st.iters, st.allocation
-        )
-    kept = torch.ops.lvtp.gather_tokens(x, keep_idx)
-    records.append(StageRecord(layer, x, keep_idx, prune_idx, cluster_id))
-    if edge is not None:
-        edge = torch.ops.lvtp.gather_tokens(edge[..., None], keep_idx)[..., 0]
-    return kept, edge
-
-
-def finish(st: LVTPState, x: Tensor, records: List[StageRecord]) -> Tensor:
-    """Spec step 7: the full token map back from the last stage's tokens."""
-    if st.keep_records:
-        st.last_records = records
-    return reconstruct(x, records, st.reconstruct, st.clusters)
-
-
-def warn_if_grad(x: Tensor) -> None:
-    if torch.is_grad_enabled() and x.requires_grad:
-        warnings.warn(
-            "an LVTP-patched model runs its pruned blocks without gradients (inference only); "
-            "call it under torch.no_grad() or torch.inference_mode()",
-            stacklevel=4,
-        )
-
-
-class _LVTPMixin:
-    """Overrides ``forward_blocks`` of a supported model with the progressive pruning."""
-
-    _lvtp: LVTPState
+class _OwnViTMixin(_LVTPMixin):
+    """Overrides ``forward_blocks`` of the package's ViT with the engine's pruned loop."""
 
     def forward_blocks(self, x: Tensor, image: Tensor) -> Tensor:
         st = self._lvtp
@@ -149,38 +40,21 @@ class _LVTPMixin:
             return super().forward_blocks(x, image)
         warn_if_grad(x)
         with torch.no_grad(), trusted_inputs():  # the lvtp ops take no gradients
-            return self._pruned_blocks(x, image, st)
-
-    def _pruned_blocks(self, x: Tensor, image: Tensor, st: LVTPState) -> Tensor:
-        p = self.num_prefix_tokens
-        edge = stage_edge(st, image, self.cfg.patch_size, p)
-        records: List[StageRecord] = []
-        for i, blk in enumerate(self.blocks):
-            if i not in st.stages:
-                x = blk(x)
-                continue
-            # attention and its entropies in one op: the N x N map is never materialised
-            # by the fused kernels (spec step 1 from lvtp.attention_entropy)
-            x, ent = blk.forward_entropy(x, st.qs)
-            x, edge = prune_step(st, i, x, ent, edge, p, records)
-        return finish(st, x, records)
+            # a stage block gives attention and its entropies in one op (lvtp.attention_entropy:
+            # the N x N map is never materialised by the fused kernels)
+            full, _ = pruned_blocks(st, self.blocks, x, image, self.cfg.patch_size, self.num_prefix_tokens,
+                                    block_entropy=lambda blk, t, qs: blk.forward_entropy(t, qs),
+                                    run_block=lambda blk, t: blk(t))
+            return full
 
 
 _PATCHED_CLASSES: Dict[type, type] = {}
 
 
 def _patched_class(cls: type) -> type:
-    """``LVTP<cls>``, made once per class and published in this module so that pickle
-    (``torch.save`` of a whole patched model) finds it by name."""
-    if cls not in _PATCHED_CLASSES:
-        name = f"LVTP{cls.__name__}"
-        if cls is not ViTSegmenter:
-            name = f"LVTP_{cls.__module__.replace('.', '_')}_{cls.__qualname__.replace('.', '_')}"
-        patched = type(name, (_LVTPMixin, cls), {"_lvtp_original_class": cls, "__module__": __name__})
-        patched.__qualname__ = name
-        setattr(sys.modules[__name__], name, patched)
-        _PATCHED_CLASSES[cls] = patched
-    return _PATCHED_CLASSES[cls]
+    """``LVTPViTSegmenter`` (``LVTP_<module>_<class>`` for a subclass), published here."""
+    return make_patched_class(cls, _OwnViTMixin, __name__, _PATCHED_CLASSES,
+                              name="LVTPViTSegmenter" if cls is ViTSegmenter else None)
 
 
 LVTPViTSegmenter = _patched_class(ViTSegmenter)

@@ -9,6 +9,7 @@ from typing import Optional
 
 import torch
 
+from .checkpoint import load_checkpoint, read_checkpoint
 from .vit import ViTSegmenter
 
 REFERENCE_NAME = "camvid_vit_ti_convstem"
@@ -30,8 +31,6 @@ def load_reference(path: Optional[str] = None, dtype: torch.dtype = torch.float3
     (``bundled_models()``, default ``"camvid_vit_ti_convstem"``) or a checkpoint file
     written by ``lvtp train-reference``: its ``model.safetensors`` (config in the metadata or
     in a ``.json`` beside it), ``last.pt``, or a v1 ``model.pt``."""
-    from ..train import load_checkpoint
-
     path = path or REFERENCE_PATH
     if not os.path.exists(path) and os.path.isfile(os.path.join(ASSETS, f"{path}.safetensors")):
         path = os.path.join(ASSETS, f"{path}.safetensors")
@@ -47,7 +46,5 @@ def load_reference(path: Optional[str] = None, dtype: torch.dtype = torch.float3
 
 def reference_info(path: Optional[str] = None) -> dict:
     """Config and training record stored with the checkpoint."""
-    from ..train import read_checkpoint
-
     config, _, meta = read_checkpoint(path or REFERENCE_PATH)
     return {"config": config, "meta": meta}

@@ -1,55 +1,40 @@
-"""Triton kernels of the lvtp ops, one file per op family.
+"""The ``torch.ops.lvtp`` ops, one module per op family.
 
-Importing a family registers its ``triton`` backend with :mod:`lvtp_kernels.registry`
-(CUDA tensors always; CPU tensors too when ``TRITON_INTERPRET=1``, which is how the
-tests run the same kernels on a machine without a GPU).
+Each family module holds, side by side, every op's schema, input check, fake kernel and
+backend list (an :class:`lvtp_kernels.registry.OpSpec`); its Triton kernels are in
+``<family>_triton.py`` beside it (imported on first use), its C++/CUDA kernels in
+``csrc/<family>_cpu.cpp`` / ``csrc/<family>_cuda.cu``.
 
-The families are imported when they can run here (a GPU, or the interpreter); otherwise
-each op gets a lazy ``triton`` backend for CUDA tensors that imports its family on first
-use, so ``import lvtp_kernels`` does not pay for importing Triton on a CPU-only machine.
-When Triton does not import, the backend is registered as unavailable with the reason,
-which ``lvtp info`` shows.
+    family     ops                                  Triton              csrc
+    tsallis    tsallis_entropy                      tsallis_triton      -
+    attention  attention_entropy                    attention_triton    attention_cpu.cpp
+    edge       patch_edge_energy                    edge_triton         edge_cpu.cpp
+    select     kmeans, select, prune                -                   select_cpu.cpp, kmeans_cuda.cu, select_cuda.cu
+    tokens     gather_tokens, scatter_tokens,       tokens_triton       tokens_cpu.cpp
+               reconstruct_stage
+
+Importing this package defines every op (prune, a composite of tsallis_entropy, select
+and gather_tokens, after its parts), then lists them in the order above.
 """
 
 from __future__ import annotations
 
-import importlib
-from typing import Dict, Tuple
+from . import tsallis  # noqa: F401,I001  (each family module defines its ops; this order is `lvtp info`'s)
+from . import attention  # noqa: F401
+from . import edge  # noqa: F401
+from . import select  # noqa: F401
+from . import tokens  # noqa: F401
+from .select import select_tokens  # noqa: F401  (deprecated alias of torch.ops.lvtp.select)
+from .. import registry  # noqa: E402
 
-import torch
+PRUNE = select._define_prune()
 
-from .. import registry
-from ._common import interpreting, triton_status
-
-# family module -> {op: launcher name}
-FAMILIES: Dict[str, Dict[str, str]] = {
-    "tsallis": {"tsallis_entropy": "tsallis_entropy"},
-    "attention": {"attention_entropy": "attention_entropy"},
-    "edge": {"patch_edge_energy": "patch_edge_energy"},
-    "gather_scatter": {
-        "gather_tokens": "gather_tokens",
-        "scatter_tokens": "scatter_tokens",
-        "reconstruct_stage": "reconstruct_stage",
-    },
+FAMILIES = {
+    "tsallis": ("tsallis_entropy",),
+    "attention": ("attention_entropy",),
+    "edge": ("patch_edge_energy",),
+    "select": ("kmeans", "select", "prune"),
+    "tokens": ("gather_tokens", "scatter_tokens", "reconstruct_stage"),
 }
 
-
-def _lazy(family: str, launcher: str):
-    def run(*args):
-        return getattr(importlib.import_module(f"{__name__}.{family}"), launcher)(*args)
-
-    run.__name__ = f"lazy_{launcher}"
-    return run
-
-
-def _load() -> None:
-    ok, _ = triton_status() if (interpreting() or torch.cuda.is_available()) else (False, "")
-    for family, ops in FAMILIES.items():
-        if ok:
-            importlib.import_module(f"{__name__}.{family}")  # registers its ops
-            continue
-        for op, launcher in ops.items():
-            registry.register_backend(op, "triton", _lazy(family, launcher), devices=("cuda",), available=triton_status)
-
-
-_load()
+registry.set_order([op for ops in FAMILIES.values() for op in ops])

@@ -1,13 +1,10 @@
-"""What every Triton op family shares: availability, devices, registration."""
+"""What the Triton kernel files share: whether the interpreter runs, Triton's availability,
+block-size caps and loop bounds."""
 
 from __future__ import annotations
 
 import os
-from typing import Callable, Tuple
-
-import torch
-
-from .. import registry
+from typing import Tuple
 
 
 def interpreting() -> bool:
@@ -24,33 +21,15 @@ def triton_status() -> Tuple[bool, str]:
     return True, ""
 
 
-def triton_devices() -> Tuple[str, ...]:
-    """Device types the Triton kernels run on: CUDA, plus CPU under the interpreter."""
-    return ("cuda", "cpu") if interpreting() else ("cuda",)
-
-
-def on_tensor_device(fn: Callable) -> Callable:
-    """Run ``fn`` with the CUDA device of its first tensor argument current: Triton launches
-    on the current device, so a tensor on cuda:1 with cuda:0 current would otherwise get
-    foreign pointers."""
-
-    def guarded(*args):
-        dev = next((a.device for a in args if isinstance(a, torch.Tensor)), None)
-        if dev is not None and dev.type == "cuda":
-            with torch.cuda.device(dev):
-                return fn(*args)
-        return fn(*args)
-
-    guarded.__name__ = getattr(fn, "__name__", "launcher")
-    guarded.__doc__ = fn.__doc__
-    return guarded
-
-
-def register(op: str, fn: Callable) -> None:
-    """Register ``fn`` (the op's arguments in schema order) as the op's ``triton`` backend."""
-    registry.register_backend(op, "triton", on_tensor_device(fn), devices=triton_devices(), available=triton_status)
-
-
 def block_cap(gpu: int, interp: int) -> int:
     """Block size limit: moderate on a GPU, large under the interpreter (~4 ms per program)."""
     return interp if interpreting() else gpu
+
+
+def loop_bound(n: int) -> int:
+    """The constexpr loop bound a kernel gets for a runtime size ``n``: -1 on a GPU (the
+    kernel loops to the runtime value, so a new size does not recompile), ``n`` itself
+    under the interpreter. Triton 3.6's interpreter holds runtime scalars as 1-element
+    numpy arrays, which recent NumPy (2.4 here) refuses to convert to an int in
+    ``range(n)``; a constexpr bound is a plain int there."""
+    return n if interpreting() else -1

@@ -1,14 +1,18 @@
 // Kernels with known defects, and one correct reduction, for tests/test_cuda_simt.py: they
 // show that the emulator's checks fire (a checker that cannot fail checks nothing).
-// Compiled only by tests/simt/build.py; not part of the package.
+// Compiled only by tests/simt/build.py; not part of the package. Launches and shared memory
+// go through the macros of csrc/lvtp_cuda_launch.cuh, as in csrc/*.cu (nvcc compiles this
+// file too: `nvcc -c -Icsrc tests/simt/selftest.cu`).
 #include <cuda_runtime.h>
 
 #include <cstdint>
 
+#include "lvtp_cuda_launch.cuh"
+
 namespace {
 
 __global__ void block_sum_kernel(const float* x, int n, float* out) {  // correct
-  __shared__ float red[256];
+  LVTP_SHARED_ARRAY(float, red, [256]);
   float s = 0.f;
   for (int i = threadIdx.x; i < n; i += blockDim.x) s += x[i];
   red[threadIdx.x] = s;
@@ -65,7 +69,7 @@ __global__ void exited_lanes_kernel(unsigned* out) {  // half a warp returns bef
 }
 
 __global__ void unwritten_shared_kernel(float* out) {  // reads a shared slot nobody wrote
-  __shared__ float buf[64];
+  LVTP_SHARED_ARRAY(float, buf, [64]);
   if (threadIdx.x < 32) buf[threadIdx.x] = 1.f;
   __syncthreads();
   out[threadIdx.x] = buf[threadIdx.x];
@@ -78,8 +82,7 @@ __global__ void racy_kernel(int* out) {  // reads a neighbour's slot that it may
 }
 
 __global__ void dynamic_smem_kernel(const double* x, int n, double* out) {
-  extern __shared__ __align__(16) unsigned char smem_raw[];
-  double* s = reinterpret_cast<double*>(smem_raw);
+  LVTP_DYNAMIC_SMEM(double, s);
   for (int i = threadIdx.x; i < n; i += blockDim.x) s[i] = x[i];
   __syncthreads();
   if (threadIdx.x == 0) {
@@ -93,35 +96,35 @@ __global__ void dynamic_smem_kernel(const double* x, int n, double* out) {
 
 extern "C" {
 int selftest_block_sum(const float* x, int n, float* out) {
-  block_sum_kernel<<<1, 256>>>(x, n, out);
+  LVTP_LAUNCH(block_sum_kernel, 1, 256, 0, nullptr)(x, n, out);
   return cudaGetLastError();
 }
 int selftest_divergent_barrier(int* out) {
-  divergent_barrier_kernel<<<1, 128>>>(out);
+  LVTP_LAUNCH(divergent_barrier_kernel, 1, 128, 0, nullptr)(out);
   return cudaGetLastError();
 }
 int selftest_deadlock(unsigned* out) {
-  deadlock_kernel<<<1, 64>>>(out);
+  LVTP_LAUNCH(deadlock_kernel, 1, 64, 0, nullptr)(out);
   return cudaGetLastError();
 }
 int selftest_early_exit(int* out) {
-  early_exit_kernel<<<1, 128>>>(out);
+  LVTP_LAUNCH(early_exit_kernel, 1, 128, 0, nullptr)(out);
   return cudaGetLastError();
 }
 int selftest_racy(int* out) {
-  racy_kernel<<<1, 64>>>(out);
+  LVTP_LAUNCH(racy_kernel, 1, 64, 0, nullptr)(out);
   return cudaGetLastError();
 }
 int selftest_divergent_collective(unsigned* out) {
-  divergent_collective_kernel<<<1, 32>>>(out);
+  LVTP_LAUNCH(divergent_collective_kernel, 1, 32, 0, nullptr)(out);
   return cudaGetLastError();
 }
 int selftest_exited_lanes(unsigned* out) {
-  exited_lanes_kernel<<<1, 32>>>(out);
+  LVTP_LAUNCH(exited_lanes_kernel, 1, 32, 0, nullptr)(out);
   return cudaGetLastError();
 }
 int selftest_unwritten_shared(float* out) {
-  unwritten_shared_kernel<<<1, 64>>>(out);
+  LVTP_LAUNCH(unwritten_shared_kernel, 1, 64, 0, nullptr)(out);
   return cudaGetLastError();
 }
 // opt_in: call cudaFuncSetAttribute first (needed above 48 KB)
@@ -132,7 +135,7 @@ int selftest_dynamic_smem(const double* x, int n, double* out, int opt_in) {
                                                static_cast<int>(bytes));
     if (e != cudaSuccess) return e;
   }
-  dynamic_smem_kernel<<<1, 128, bytes>>>(x, n, out);
+  LVTP_LAUNCH(dynamic_smem_kernel, 1, 128, bytes, nullptr)(x, n, out);
   return cudaGetLastError();
 }
 }
@@ -146,6 +149,6 @@ __global__ void oob_read_kernel(const float* x, int n, float* out) {  // reads x
 }  // namespace
 
 extern "C" int selftest_oob_read(const float* x, int n, float* out) {  // for the memcheck build only
-  oob_read_kernel<<<1, 32>>>(x, n, out);
+  LVTP_LAUNCH(oob_read_kernel, 1, 32, 0, nullptr)(x, n, out);
   return cudaGetLastError();
 }

@@ -13,17 +13,26 @@
 //   * launch configuration: block size <= 1024, grid limits, dynamic shared memory above
 //     48 KB only after cudaFuncSetAttribute opt-in, up to the emulated device's opt-in
 //     limit (simt_set_smem_optin, default 227 KB as on Hopper).
-//   * __shared__ arrays are function statics (blocks never overlap); static and dynamic
-//     shared memory is filled with 0xFF bytes (NaN, -1) at the start of each block, so a
-//     read of unwritten shared memory shows up in the results.
+//   * __shared__ arrays (LVTP_SHARED_ARRAY) are function statics (blocks never overlap);
+//     static and dynamic shared memory is filled with 0xFF bytes (NaN, -1) at the start of
+//     each block, so a read of unwritten shared memory shows up in the results.
 //   * data races between a block's threads: the order in which threads are resumed can be
 //     ascending, descending or shuffled (simt_set_schedule); a result that changes with it
 //     reveals a missing barrier.
 // What it does not model: memory ordering between blocks or streams (launches are
 // synchronous) and timing. Out-of-bounds global accesses: the tests surround buffers with
 // guard zones, and the memcheck build (build.py) runs everything under AddressSanitizer.
+//
+// The .cu sources compile unchanged (g++ -x c++ -include simt.h, tests/simt/build.py): they
+// write launches and shared memory only through the macros of csrc/lvtp_cuda_launch.cuh,
+// defined here for the host compiler (end of this file) -- LVTP_LAUNCH runs the kernel
+// under ::simt::launch, LVTP_SHARED_ARRAY adds ::simt::poison_shared, LVTP_DYNAMIC_SMEM
+// points at ::simt::dynamic_smem(). There is no `__shared__` keyword here: a raw one does
+// not compile (and build.py rejects it, and a raw `<<<`, with a message first).
 // Used only by tests/test_cuda_simt.py; never part of the package.
 #pragma once
+
+#define LVTP_SIMT 1
 
 #include <cmath>
 #include <cstddef>
@@ -106,9 +115,6 @@ cudaError_t cudaFuncSetAttribute(F* fn, cudaFuncAttribute attr, int value) {
 #define __forceinline__ inline
 #define __launch_bounds__(...)
 #define __align__(n) alignas(n)
-// A __shared__ array becomes a function static; build.py also adds a poison_shared call after
-// each declaration.
-#define __shared__ static
 #define threadIdx (::simt::cur->tid)
 #define blockIdx (::simt::cur->bid)
 #define blockDim (::simt::cur->bdim)
@@ -196,3 +202,32 @@ inline void __syncwarp(unsigned mask = 0xffffffffu, int line = __builtin_LINE())
   uint64_t all[32];
   simt::warp_exchange(0, simt::kSyncwarp, line, all);
 }
+
+// ----------------------------------------------------------------------------- csrc/lvtp_cuda_launch.cuh
+namespace simt {
+// LVTP_LAUNCH(kernel, grid, block, smem, stream)(args...): the launch configuration first,
+// then the arguments, which every emulated thread passes to the kernel (converted to its
+// parameter types, as a CUDA launch does).
+template <typename... P>
+struct Launcher {
+  void (*fn)(P...);
+  dim3 grid, block;
+  size_t smem;
+  cudaStream_t stream;
+  template <typename... A>
+  void operator()(A&&... a) const {
+    void (*const f)(P...) = fn;
+    launch(reinterpret_cast<const void*>(f), [&]() { f(a...); }, grid, block, smem, stream);
+  }
+};
+template <typename... P>
+Launcher<P...> launcher(void (*fn)(P...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream) {
+  return Launcher<P...>{fn, grid, block, smem, stream};
+}
+}  // namespace simt
+
+#define LVTP_LAUNCH(kernel, grid, block, smem, stream) ::simt::launcher(kernel, grid, block, smem, stream)
+#define LVTP_SHARED_ARRAY(T, name, dims) \
+  static T name dims;                    \
+  ::simt::poison_shared(name, sizeof(name))
+#define LVTP_DYNAMIC_SMEM(T, name) T* name = reinterpret_cast<T*>(::simt::dynamic_smem())

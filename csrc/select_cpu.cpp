@@ -1,25 +1,51 @@
-// CPU kernels of the compiled lvtp clustering ops, their schemas (namespace lvtp_cpp)
-// and the CPU registrations.
+// lvtp_kernels._C.kmeans and lvtp_kernels._C.select: the CPU kernels of spec steps 2, 4 and
+// 5 (k-means clustering of the tokens, then the choice of the kept ones). kmeans and select
+// share the k-means internals, hence one file.
 //
-//   lvtp_cpp::kmeans  == python_ref.kmeans   (assignments equal up to near-ties)
-//   lvtp_cpp::select  == python_ref.select   (bit-identical outputs on CPU)
-//   lvtp_cpp::select_tokens == python_ref.select_tokens (allocation "ranked" is select)
+//   kmeans(x, init, iters) -> (centroids, assign)
+//     x (B, n, d), init (B, k, d), 1 <= k <= n, iters >= 1; any floating dtypes.
+//     centroids (B, k, d) float32 (float64 when x is float64), assign (B, n) int64.
+//     Accumulation in the centroid dtype (fp32, or fp64 for fp64 x); == python_ref.kmeans,
+//     assignments equal up to near-ties of the distances. Direct distances sum_d (x - c)^2
+//     (LVTP_KMEANS_FORM=expanded: the BLAS |x|^2 - 2 x.c + |c|^2 form with an exact
+//     re-check of near-ties, a measurement knob only).
+//   select(tokens, ent, edge, keep_ratio, num_protected, alpha, entropy_mode, clusters,
+//          iters, allocation) -> (keep_idx, prune_idx, cluster_id)
+//     tokens (B, N, C) fp16 / bf16 / fp32 / fp64 (any strides), ent (B, N, Q) floating,
+//     edge (B, N) floating or None; allocation "ranked" (spec step 5.3, python_ref.select)
+//     or "proportional" (python_ref.proportional_quotas). keep_idx (B, P+K) int64 and
+//     prune_idx (B, N-P-K) int64, ascending; cluster_id (B, N) int32, -1 for the P
+//     protected tokens; K = budget(N, P, keep_ratio) (lvtp_common.h).
+//     Precision: everything in float64 -- importance u from the same ATen ops in the same
+//     order as python_ref.fused_importance, L2-normalised features (an exact conversion,
+//     one batched ATen norm, IEEE division), k-means on them in fp64, the 2-means split with
+//     sequential fp64 prefix sums and the reference's tie tolerance. Outputs are
+//     bit-identical to python_ref.select_tokens on CPU.
 //
-// The public torch.ops.lvtp.{kmeans,select} validate their inputs in Python and then call
-// these ops through the "cpp"/"cuda" backends (lvtp_kernels/_ext.py). The checks here
-// only guard the raw ops against misuse (wrong ranks / shapes).
-//
-// Determinism: every sum has a fixed order (per point: fixed lane split over d; per
-// cluster: points in index order), independent of the thread count.
+// Determinism: every sum has a fixed order (per point: a fixed lane split over d; per
+// cluster: points in index order), whatever the thread count (at::parallel_for splits
+// images, points or column chunks, never a sum). u is ranked in torch.sort's total order
+// (NaN above every number), so non-finite inputs still give a permutation.
+// Limits: clusters is capped at n = N - P (k = min(clusters, n)); no other size limit
+// beyond memory (a per-thread fp64 workspace of 2 * B * (N - P) * C values for select).
+// The TORCH_CHECKs guard the raw functions only (the Python policy validates first);
+// messages start with "lvtp.kmeans" / "lvtp.select".
 
-#include <Python.h>
+#include "lvtp_cpu_kernel.h"  // first: light ATen headers
 
-#include <ATen/Parallel.h>
-#include <torch/library.h>
-#include <torch/torch.h>
+#include <ATen/ops/bmm.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/from_blob.h>
+#include <ATen/ops/full_like.h>
+#include <ATen/ops/linalg_vector_norm.h>
+#include <ATen/ops/mul.h>
+#include <ATen/ops/rsub.h>
+#include <ATen/ops/where.h>
+#include <ATen/ops/zeros_like.h>
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <numeric>
@@ -27,28 +53,12 @@
 #include <vector>
 
 #include "lvtp_common.h"
-#include "lvtp_fmt.h"
-
-// An importable (empty) Python module: `import lvtp_kernels._C` loads the library and
-// runs the TORCH_LIBRARY registrations below.
-extern "C" PyObject* PyInit__C(void) {
-  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", "lvtp compiled ops (CPU)", -1, nullptr};
-  return PyModule_Create(&module_def);
-}
 
 namespace lvtp {
-namespace {
 
 using at::Tensor;
 
-// Hot loops get an AVX2 (and AVX-512) clone chosen at load time; the baseline build
-// stays plain x86-64. Contraction is off (setup.py: -ffp-contract=off), so every clone
-// rounds identically.
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && !defined(LVTP_NO_CLONES)
-#define LVTP_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define LVTP_CLONES
-#endif
+namespace {
 
 // ----------------------------------------------------------------------------- distances
 // sum_d (a - b)^2 with L independent lane accumulators (one 64-byte vector's worth),
@@ -90,8 +100,6 @@ inline T sqnorm(const T* __restrict a, int64_t d) {
   return s;
 }
 
-// Direct form: assign points [i0, i1) of one image (x: n x d, c: k x d) to the nearest
-// centroid; ties to the lower index (strict <), like argmin.
 // Direct form: assign points [i0, i1) of one image (x: n x d, c: k x d) to the nearest
 // centroid; ties to the lower index (strict <), like argmin. (A 4-centroid register
 // blocked variant measured slower here: GCC did not vectorise it as well.)
@@ -362,16 +370,18 @@ void kmeans_batch(const Tensor& xt, Tensor& ct, int64_t iters, Tensor& at_, Dist
 }
 
 void check_kmeans_args(const Tensor& x, const Tensor& init, int64_t iters) {
-  TORCH_CHECK(x.dim() == 3, lvtp::fmt("lvtp_cpp.kmeans: x must be (B, n, d), got ", x.sizes()));
-  TORCH_CHECK(init.dim() == 3, lvtp::fmt("lvtp_cpp.kmeans: init must be (B, k, d), got ", init.sizes()));
+  TORCH_CHECK(x.dim() == 3, lvtp::fmt("lvtp.kmeans: x must be (B, n, d), got ", x.sizes()));
+  TORCH_CHECK(init.dim() == 3, lvtp::fmt("lvtp.kmeans: init must be (B, k, d), got ", init.sizes()));
   TORCH_CHECK(x.size(0) == init.size(0) && x.size(2) == init.size(2),
-              lvtp::fmt("lvtp_cpp.kmeans: x ", x.sizes(), " and init ", init.sizes(), " disagree on B or d"));
+              lvtp::fmt("lvtp.kmeans: x ", x.sizes(), " and init ", init.sizes(), " disagree on B or d"));
   TORCH_CHECK(x.size(1) >= 1 && init.size(1) >= 1 && init.size(1) <= x.size(1),
-              lvtp::fmt("lvtp_cpp.kmeans: need 1 <= k <= n, got n=", x.size(1), " k=", init.size(1)));
-  TORCH_CHECK(iters >= 1, lvtp::fmt("lvtp_cpp.kmeans: iters must be >= 1, got ", iters));
+              lvtp::fmt("lvtp.kmeans: need 1 <= k <= n, got n=", x.size(1), " k=", init.size(1)));
+  TORCH_CHECK(iters >= 1, lvtp::fmt("lvtp.kmeans: iters must be >= 1, got ", iters));
   TORCH_CHECK(at::isFloatingType(x.scalar_type()) && at::isFloatingType(init.scalar_type()),
-              "lvtp_cpp.kmeans: x and init must be floating point");
+              "lvtp.kmeans: x and init must be floating point");
 }
+
+}  // namespace
 
 std::tuple<Tensor, Tensor> kmeans_cpu(const Tensor& x_in, const Tensor& init, int64_t iters) {
   check_kmeans_args(x_in, init, iters);
@@ -388,10 +398,12 @@ std::tuple<Tensor, Tensor> kmeans_cpu(const Tensor& x_in, const Tensor& init, in
 }
 
 // ----------------------------------------------------------------------------- select
+namespace {
+
 // Steps 2 and 4 (python_ref.fused_importance) with the same ATen ops in the same order,
 // so u is bit-identical to the reference.
 Tensor fused_importance_aten(const Tensor& ent, const std::optional<Tensor>& edge, int64_t p, double alpha,
-                             c10::string_view mode) {
+                             const std::string& mode) {
   const Tensor s = ent.slice(1, p).to(at::kDouble);
   const Tensor mean = s.mean({1}, /*keepdim=*/true);
   const Tensor sigma = (s - mean).pow(2).mean({1}).sqrt();
@@ -513,33 +525,34 @@ void select_one(const double* x, const double* u, int64_t n, int64_t C, int64_t 
 }
 
 void check_select_args(const Tensor& tokens, const Tensor& ent, const std::optional<Tensor>& edge, double keep_ratio,
-                       int64_t num_protected, c10::string_view mode, int64_t clusters, int64_t iters) {
-  TORCH_CHECK(tokens.dim() == 3, lvtp::fmt("lvtp_cpp.select: tokens must be (B, N, C), got ", tokens.sizes()));
+                       int64_t num_protected, const std::string& mode, int64_t clusters, int64_t iters) {
+  TORCH_CHECK(tokens.dim() == 3, lvtp::fmt("lvtp.select: tokens must be (B, N, C), got ", tokens.sizes()));
   TORCH_CHECK(ent.dim() == 3 && ent.size(0) == tokens.size(0) && ent.size(1) == tokens.size(1),
-              lvtp::fmt("lvtp_cpp.select: ent must be (B, N, Q) like tokens, got ", ent.sizes()));
-  TORCH_CHECK(ent.size(2) >= 1 && tokens.size(2) >= 1, "lvtp_cpp.select: empty Q or C");
+              lvtp::fmt("lvtp.select: ent must be (B, N, Q) like tokens, got ", ent.sizes()));
+  TORCH_CHECK(ent.size(2) >= 1 && tokens.size(2) >= 1, "lvtp.select: empty Q or C");
   if (edge.has_value())
     TORCH_CHECK(edge->dim() == 2 && edge->size(0) == tokens.size(0) && edge->size(1) == tokens.size(1),
-                lvtp::fmt("lvtp_cpp.select: edge must be (B, N), got ", edge->sizes()));
-  TORCH_CHECK(keep_ratio > 0.0 && keep_ratio <= 1.0, "lvtp_cpp.select: keep_ratio must be in (0, 1]");
+                lvtp::fmt("lvtp.select: edge must be (B, N), got ", edge->sizes()));
+  TORCH_CHECK(keep_ratio > 0.0 && keep_ratio <= 1.0, "lvtp.select: keep_ratio must be in (0, 1]");
   TORCH_CHECK(num_protected >= 0 && num_protected < tokens.size(1),
-              "lvtp_cpp.select: num_protected must be in [0, N-1]");
-  TORCH_CHECK(mode == "low" || mode == "high", "lvtp_cpp.select: entropy_mode must be 'low' or 'high'");
-  TORCH_CHECK(clusters >= 1 && iters >= 1, "lvtp_cpp.select: clusters and iters must be >= 1");
+              "lvtp.select: num_protected must be in [0, N-1]");
+  TORCH_CHECK(mode == "low" || mode == "high", "lvtp.select: entropy_mode must be 'low' or 'high'");
+  TORCH_CHECK(clusters >= 1 && iters >= 1, "lvtp.select: clusters and iters must be >= 1");
 }
 
-int check_allocation(c10::string_view allocation) {
+int check_allocation(const std::string& allocation) {
   const int a = allocation_from_name(allocation);
-  TORCH_CHECK(a >= 0, lvtp::fmt("lvtp_cpp.select_tokens: allocation must be 'ranked' or 'proportional', got '",
-              std::string(allocation.data(), allocation.size()), "'"));
+  TORCH_CHECK(a >= 0, lvtp::fmt("lvtp.select: allocation must be 'ranked' or 'proportional', got '",
+              allocation, "'"));
   return a;
 }
 
-std::tuple<Tensor, Tensor, Tensor> select_tokens_cpu(const Tensor& tokens, const Tensor& ent,
-                                                     const std::optional<Tensor>& edge, double keep_ratio,
-                                                     int64_t num_protected, double alpha,
-                                                     c10::string_view entropy_mode, int64_t clusters, int64_t iters,
-                                                     c10::string_view allocation_name) {
+}  // namespace
+
+std::tuple<Tensor, Tensor, Tensor> select_cpu(const Tensor& tokens, const Tensor& ent,
+                                              const std::optional<Tensor>& edge, double keep_ratio,
+                                              int64_t num_protected, double alpha, const std::string& entropy_mode,
+                                              int64_t clusters, int64_t iters, const std::string& allocation_name) {
   check_select_args(tokens, ent, edge, keep_ratio, num_protected, entropy_mode, clusters, iters);
   const int allocation = check_allocation(allocation_name);
   const int64_t B = tokens.size(0), N = tokens.size(1), C = tokens.size(2), P = num_protected, n = N - P;
@@ -556,7 +569,7 @@ std::tuple<Tensor, Tensor, Tensor> select_tokens_cpu(const Tensor& tokens, const
   if (ws_feats.size() < total) ws_feats.resize(total);
   if (ws_x.size() < total) ws_x.resize(total);
   const int64_t row_grain = std::max<int64_t>(1, 8192 / std::max<int64_t>(C, 1));
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, tokens.scalar_type(), "lvtp_cpp.select", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, tokens.scalar_type(), "lvtp.select", [&] {
     const scalar_t* tp = tokens.data_ptr<scalar_t>();
     const int64_t s0 = tokens.stride(0), s1 = tokens.stride(1), s2 = tokens.stride(2);
     double* fw = ws_feats.data();
@@ -620,36 +633,9 @@ std::tuple<Tensor, Tensor, Tensor> select_tokens_cpu(const Tensor& tokens, const
       crow[P + i] = static_cast<int32_t>(ap[b * n + i]);
     }
     TORCH_CHECK(nk == P + K && np == n - K,
-                lvtp::fmt("lvtp_cpp.select: internal error: kept ", nk - P, " tokens, budget ", K));
+                lvtp::fmt("lvtp.select: internal error: kept ", nk - P, " tokens, budget ", K));
   }
   return {keep_idx, prune_idx, cluster_id};
 }
 
-// select == select_tokens with the spec's "ranked" allocation.
-std::tuple<Tensor, Tensor, Tensor> select_cpu(const Tensor& tokens, const Tensor& ent,
-                                              const std::optional<Tensor>& edge, double keep_ratio,
-                                              int64_t num_protected, double alpha, c10::string_view entropy_mode,
-                                              int64_t clusters, int64_t iters) {
-  return select_tokens_cpu(tokens, ent, edge, keep_ratio, num_protected, alpha, entropy_mode, clusters, iters,
-                           "ranked");
-}
-
-}  // namespace
 }  // namespace lvtp
-
-TORCH_LIBRARY(lvtp_cpp, m) {
-  m.def("kmeans(Tensor x, Tensor init, int iters) -> (Tensor centroids, Tensor assign)");
-  m.def(
-      "select(Tensor tokens, Tensor ent, Tensor? edge, float keep_ratio, int num_protected, float alpha, "
-      "str entropy_mode, int clusters, int iters) -> (Tensor keep_idx, Tensor prune_idx, Tensor cluster_id)");
-  m.def(
-      "select_tokens(Tensor tokens, Tensor ent, Tensor? edge, float keep_ratio, int num_protected, float alpha, "
-      "str entropy_mode, int clusters, int iters, str allocation) -> (Tensor keep_idx, Tensor prune_idx, "
-      "Tensor cluster_id)");
-}
-
-TORCH_LIBRARY_IMPL(lvtp_cpp, CPU, m) {
-  m.impl("kmeans", &lvtp::kmeans_cpu);
-  m.impl("select", &lvtp::select_cpu);
-  m.impl("select_tokens", &lvtp::select_tokens_cpu);
-}

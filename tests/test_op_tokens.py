@@ -1,5 +1,5 @@
 """Triton ``gather_tokens``, ``scatter_tokens`` and ``reconstruct_stage``
-(lvtp_kernels/ops/gather_scatter.py) against python_ref.
+(lvtp_kernels/ops/tokens_triton.py) against python_ref.
 
 Runs the real kernels on CPU tensors through Triton's interpreter (TRITON_INTERPRET=1,
 set by conftest.py), called through ``torch.ops.lvtp`` with ``LVTP_IMPL=triton``. Every
@@ -10,19 +10,16 @@ the reference's scatter_add_ does on CPU, and rounds like PyTorch.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import textwrap
 
 import pytest
 import torch
 
-import lvtp_kernels.ops.gather_scatter  # noqa: F401  (registers the triton backends)
-from lvtp_kernels import registry
+import lvtp_kernels  # noqa: F401  (defines torch.ops.lvtp.*)
 from python_ref import ops as ref
 from python_ref import pipeline
 from lvtp_kernels.ops._common import interpreting  # noqa: E402
+from triton_compile import compile_for_hopper  # noqa: E402
+from ext_marks import use_triton  # noqa: E402
 
 # CPU tensors through the Triton interpreter; on a GPU machine tests/test_gpu_kernels.py runs
 # the compiled kernels against the reference instead.
@@ -32,11 +29,7 @@ DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 OPS = ("gather_tokens", "scatter_tokens", "reconstruct_stage")
 
 
-@pytest.fixture(autouse=True)
-def _triton_backend(monkeypatch):
-    monkeypatch.setenv("LVTP_IMPL", "triton")
-    for op in OPS:
-        assert registry.choose_backend(op, "cpu") == "triton", op
+_triton_backend = pytest.fixture(autouse=True, name="_triton_backend")(lambda monkeypatch: use_triton(monkeypatch, *OPS))
 
 
 def assert_same(got, want):
@@ -272,7 +265,7 @@ def test_reconstruct_nearest(gen, dtype, b, n, c, n_kept, protected):
 def test_reconstruct_nearest_small_tiles(gen, monkeypatch):
     """GPU-sized tiles (many programs, tiles mixing kept and pruned launch rows, partial
     channel blocks) give the same result as the interpreter's large ones."""
-    from lvtp_kernels.ops import gather_scatter as gs
+    from lvtp_kernels.ops import tokens_triton as gs
 
     monkeypatch.setattr(gs, "_tiles", lambda rows, c: (4, 8))
     args = stage_inputs(gen, 2, 50, 19, n_kept=35, protected=1, clusters=4, dtype=torch.bfloat16)
@@ -381,17 +374,10 @@ def test_reconstruct_nearest_two_stages_match_pipeline_reference(gen):
 def test_compiles_for_hopper():
     """The kernels compile for sm_90 (offline: Triton's own ptxas, no GPU needed)."""
     pytest.importorskip("triton.backends.nvidia")
-    script = textwrap.dedent(
+    compile_for_hopper(
         """
-        import triton, triton.language as tl
-        from triton.backends.compiler import GPUTarget
-        from lvtp_kernels.ops import gather_scatter as G
+        from lvtp_kernels.ops import tokens_triton as G
 
-        def comp(fn, sig, consts):
-            sig = dict(sig, **{k: "constexpr" for k in consts})
-            src = triton.compiler.ASTSource(fn=fn, signature=sig,
-                                            constexprs={(fn.arg_names.index(k),): v for k, v in consts.items()})
-            assert "cubin" in triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4}).asm
 
         i32 = lambda *names: {n: "i32" for n in names}
         comp(G._gather_kernel, dict(x_ptr="*bf16", idx_ptr="*i32", out_ptr="*bf16", **i32("K", "C", "sx_b", "sx_n",
@@ -422,9 +408,3 @@ def test_compiles_for_hopper():
              dict(FDTYPE=tl.float16, ACC=tl.float32, BLOCK_R=4, BLOCK_C=512))
         """
     )
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    res = subprocess.run(
-        [sys.executable, "-c", script], cwd=root, env=env, capture_output=True, text=True, timeout=300, check=False
-    )
-    assert res.returncode == 0, res.stderr[-3000:]

@@ -1,6 +1,6 @@
 """Microbenchmark of the fused attention + entropy kernel (lvtp::attention_entropy).
 
-    python -m benchmarks.bench_attention_entropy [--quick] [--no-compile] [--csv PATH]
+    python -m benchmarks.bench_attention [--quick] [--no-compile] [--csv PATH]
 
 On CUDA: ViT-like shapes (B=8, H=12, N=1025, D=64) and (B=2, H=16, N=4097, D=64) in fp16
 and bf16. Columns: the reference (python_ref, which materialises the N x N map),
@@ -17,7 +17,6 @@ CUDA is absent); ``--quick`` then times one tiny shape only, to prove the script
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import time
 
@@ -28,9 +27,10 @@ if not torch.cuda.is_available():  # must precede the first triton import
 
 import python_ref  # noqa: E402
 import lvtp_kernels  # noqa: E402,F401  (defines torch.ops.lvtp.*)
-from lvtp_kernels.ops import attention as attn_mod  # noqa: E402
+from lvtp_kernels import registry  # noqa: E402
+from lvtp_kernels.ops import attention_triton as attn_mod  # noqa: E402
 
-from .common import append_csv, print_table, row, time_ms, try_compile  # noqa: E402
+from lvtp_kernels.app.microbench import append_csv, print_table, row, time_ms, try_compile  # noqa: E402
 
 QS = [0.5, 1.0, 2.0, 3.0]
 COMPILE_BUDGET_S = 25.0  # stop adding torch.compile columns once this much time is spent
@@ -39,19 +39,6 @@ COMPILE_BUDGET_S = 25.0  # stop adding torch.compile columns once this much time
 def _inputs(b, h, n, d, dtype, device, seed=0):
     g = torch.Generator(device=device).manual_seed(seed)
     return tuple(torch.randn(b, h, n, d, generator=g, device=device, dtype=dtype) for _ in range(3))
-
-
-@contextlib.contextmanager
-def _forced_impl(impl: str):
-    old = os.environ.get("LVTP_IMPL")
-    os.environ["LVTP_IMPL"] = impl
-    try:
-        yield
-    finally:
-        if old is None:
-            del os.environ["LVTP_IMPL"]
-        else:
-            os.environ["LVTP_IMPL"] = old
 
 
 def _sdpa_flash(device):
@@ -85,7 +72,7 @@ def bench_shapes(shapes, dtypes, device, compile_ref: bool):
                     except Exception as exc:  # noqa: BLE001 - reported as a missing column
                         print(f"torch.compile failed for {(b, h, n, d)} {dtype}: {type(exc).__name__}: {exc}")
             ours_ms = time_ms(lambda: attn_mod.attention_entropy(q, k, v, QS, scale), device)
-            with _forced_impl("triton"):  # the op with its validation, on our backend
+            with registry.forced_impl("triton"):  # the op with its validation, on our backend
                 op_ms = time_ms(lambda: torch.ops.lvtp.attention_entropy(q, k, v, QS, scale), device)
             sdpa_ms = None
             if flash is not None:

@@ -249,7 +249,7 @@ def run_viz(args) -> int:
     an error naming the file or argument (``lvtp.cli.main`` prints it as one line)."""
     from pathlib import Path
 
-    from .cli import check_output_file, load_model_arg, writing
+    from .args import check_output_file, load_model_arg, writing
     from .data.camvid import read_image
 
     photo = read_image(args.image, "image")
@@ -270,7 +270,7 @@ def run_viz(args) -> int:
 
 def add_viz_parser(subparsers) -> None:
     """Register ``lvtp viz`` on the CLI's subparsers (handler: :func:`run_viz`)."""
-    from .cli import _reduction
+    from .args import _reduction
 
     p = subparsers.add_parser(
         "viz", help="one figure: image, edge energy, fused score, tokens kept per stage, predictions"

@@ -34,8 +34,8 @@ from torch import Tensor
 from python_ref.ops import budget
 from python_ref.pipeline import StageRecord, active_stages
 
-from .models.patching import DEFAULTS, SPEC_DEFAULTS, patch, reconstruct, unpatch
-from .models.vit import ViTSegmenter
+from ..models.patching import DEFAULTS, SPEC_DEFAULTS, patch, reconstruct, unpatch
+from ..models.vit import ViTSegmenter
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""Shared helpers of the microbenchmarks: timing, the memory floor, tables and CSV.
+"""Timing and the tables of the benchmarks: ``lvtp bench e2e`` and the per-op
+microbenchmarks of benchmarks/ (which import this module; the package never imports them).
 
 Every benchmark prints one table (shape, dtype, reference ms, torch.compile ms, ours ms,
 speedup, GB/s, % of the memory floor) and appends the same rows to a CSV file.
@@ -8,6 +9,7 @@ Times are medians over repeated runs after warm-up; on CUDA they use CUDA events
 from __future__ import annotations
 
 import csv
+import json
 import os
 import statistics
 import time
@@ -15,9 +17,11 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 
-from lvtp_kernels.bench import time_call_ms
-
-DEFAULT_CSV = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "bench.csv")
+# relative to the working directory (the repository root, where the benchmarks run)
+DEFAULT_CSV = os.path.join("benchmarks", "results", "bench.csv")
+# `lvtp bench ops` runs each benchmark as a process with this set: append_csv then also
+# writes its rows there, one JSON object per line, for the combined table.
+ROWS_ENV = "LVTP_BENCH_ROWS"
 
 
 def sync(device: torch.device) -> None:
@@ -25,8 +29,24 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_ms(fn: Callable[[], object], device, warmup: int = 3, repeats: int = 20, max_s: float = 2.0) -> float:
-    """Median wall time of ``fn()`` in ms (CUDA events on a GPU); stops early after ``max_s``."""
+def time_call_ms(fn: Callable[[], object], device: torch.device) -> float:
+    """One call of ``fn()`` in ms: CUDA events on a GPU, a perf_counter on the CPU."""
+    if device.type == "cuda":
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        fn()
+        b.record()
+        b.synchronize()
+        return a.elapsed_time(b)
+    t0 = time.perf_counter()
+    fn()
+    return (time.perf_counter() - t0) * 1e3
+
+
+def time_ms(fn: Callable[[], object], device, warmup: int = 3, repeats: int = 20, max_s: float = 2.0,
+            min_runs: int = 3) -> float:
+    """Median time of ``fn()`` in ms after ``warmup`` calls (CUDA events on a GPU, a
+    synchronised perf_counter on the CPU); stops early, after ``min_runs``, past ``max_s``."""
     device = torch.device(device)
     for _ in range(warmup):
         fn()
@@ -35,26 +55,25 @@ def time_ms(fn: Callable[[], object], device, warmup: int = 3, repeats: int = 20
     budget_end = time.perf_counter() + max_s
     for _ in range(repeats):
         times.append(time_call_ms(fn, device))
-        if len(times) >= 3 and time.perf_counter() > budget_end:
+        if len(times) >= min_runs and time.perf_counter() > budget_end:
             break
     return statistics.median(times)
 
 
 _COPY_GBPS: Dict[str, float] = {}
-# (bench, rows) of every append_csv call, for `lvtp bench ops`' combined table.
-COLLECTED: List[tuple] = []
 
 
-def copy_bandwidth_gbps(device) -> float:
-    """Measured device copy bandwidth (read + write bytes / time) of a large clone, GB/s."""
+def copy_gbps(device) -> float:
+    """Measured copy bandwidth (bytes read + written per second, GB/s) of a large copy:
+    1 GiB on a GPU, 64 MiB on the CPU; measured once per device."""
     device = torch.device(device)
     key = str(device)
     if key not in _COPY_GBPS:
-        n = (256 << 20) if device.type == "cuda" else (32 << 20)
-        x = torch.empty(n // 4, dtype=torch.float32, device=device).fill_(1.0)
+        n = (1 << 30) if device.type == "cuda" else (64 << 20)
+        x = torch.ones(n // 4, dtype=torch.float32, device=device)
         y = torch.empty_like(x)
-        ms = time_ms(lambda: y.copy_(x), device, warmup=3, repeats=20)
-        _COPY_GBPS[key] = 2 * x.numel() * 4 / (ms * 1e-3) / 1e9
+        ms = time_ms(lambda: y.copy_(x), device, warmup=3, repeats=20, max_s=2.0)
+        _COPY_GBPS[key] = 2 * n / (ms * 1e-3) / 1e9
     return _COPY_GBPS[key]
 
 
@@ -72,7 +91,7 @@ def row(shape: str, dtype, ref_ms: float, compile_ms: Optional[float], ours_ms: 
         device) -> dict:
     """One table row: speedups against the reference and compile, GB/s and % of copy bandwidth."""
     gbps = floor_bytes / (ours_ms * 1e-3) / 1e9
-    peak = copy_bandwidth_gbps(device)
+    peak = copy_gbps(device)
     return {
         "shape": shape,
         "dtype": str(dtype).replace("torch.", ""),
@@ -97,7 +116,7 @@ def _fmt(v) -> str:
 def print_table(title: str, rows: Sequence[dict], device) -> None:
     device = torch.device(device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    print(f"\n## {title} ({name}; copy bandwidth {copy_bandwidth_gbps(device):.0f} GB/s)")
+    print(f"\n## {title} ({name}; copy bandwidth {copy_gbps(device):.0f} GB/s)")
     if not rows:
         print("(no rows)")
         return
@@ -111,7 +130,10 @@ def print_table(title: str, rows: Sequence[dict], device) -> None:
 
 def append_csv(bench: str, rows: Sequence[dict], device, path: Optional[str] = None) -> str:
     """Append rows (with the benchmark name, device and date) to the CSV; returns its path."""
-    COLLECTED.append((bench, list(rows)))
+    if os.environ.get(ROWS_ENV):
+        with open(os.environ[ROWS_ENV], "a") as f:
+            for r in rows:
+                f.write(json.dumps(dict(r, bench=bench), default=str) + "\n")
     path = path or os.environ.get("LVTP_BENCH_CSV", DEFAULT_CSV)
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     device = torch.device(device)
@@ -139,6 +161,22 @@ def compiled_ms(fn, args, device, enabled: bool, repeats: int) -> Optional[float
         print(f"torch.compile failed ({type(exc).__name__}); column skipped")
         return None
     return time_ms(lambda: compiled(*args), device, repeats=repeats, max_s=1.0)
+
+
+def compare(shape: str, dtype, ref_fn: Callable, ours_fn: Callable, args: tuple, floor_bytes: float, device,
+            repeats: int, use_compile: bool, run_ours: bool) -> dict:
+    """One row: ``ref_fn(*args)`` timed (and ``torch.compile``'d when ``use_compile``), then
+    ``ours_fn(*args)`` timed and its max abs error against the reference, or a row with the
+    'ours' columns empty when ``run_ours`` is False (no GPU and no interpreter)."""
+    ref_ms = time_ms(lambda: ref_fn(*args), device, repeats=repeats, max_s=1.0)
+    compile_ms = compiled_ms(ref_fn, args, device, use_compile, repeats)
+    if not run_ours:
+        return missing_row(shape, dtype, ref_ms, compile_ms, max_err=None)
+    err = (ours_fn(*args).double() - ref_fn(*args).double()).abs().max().item()
+    ours_ms = time_ms(lambda: ours_fn(*args), device, repeats=repeats)
+    r = row(shape, dtype, ref_ms, compile_ms, ours_ms, floor_bytes, device)
+    r["max_err"] = f"{err:.1e}"
+    return r
 
 
 def missing_row(shape: str, dtype, ref_ms: float, compile_ms: Optional[float], **extra) -> dict:

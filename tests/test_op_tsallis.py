@@ -1,4 +1,4 @@
-"""Triton ``tsallis_entropy`` (lvtp_kernels/ops/tsallis.py) against python_ref.
+"""Triton ``tsallis_entropy`` (lvtp_kernels/ops/tsallis_triton.py) against python_ref.
 
 Runs the real kernel on CPU tensors through Triton's interpreter (TRITON_INTERPRET=1,
 set by conftest.py), called through ``torch.ops.lvtp`` with ``LVTP_IMPL=triton``.
@@ -20,10 +20,10 @@ import textwrap
 import pytest
 import torch
 
-import lvtp_kernels.ops.tsallis  # noqa: F401  (registers the triton backend)
-from lvtp_kernels import registry
+import lvtp_kernels  # noqa: F401  (defines torch.ops.lvtp.*)
 from python_ref import ops as ref
 from lvtp_kernels.ops._common import interpreting  # noqa: E402
+from ext_marks import use_triton  # noqa: E402
 
 # CPU tensors through the Triton interpreter; on a GPU machine tests/test_gpu_kernels.py runs
 # the compiled kernels against the reference instead.
@@ -36,10 +36,7 @@ ALL_QS = DEFAULT_QS + [0.3, 1.7, 4.0] + NEAR_QS  # every evaluation form of the 
 LOW = (torch.float16, torch.bfloat16)
 
 
-@pytest.fixture(autouse=True)
-def _triton_backend(monkeypatch):
-    monkeypatch.setenv("LVTP_IMPL", "triton")
-    assert registry.choose_backend(OP, "cpu") == "triton"
+_triton_backend = pytest.fixture(autouse=True, name="_triton_backend")(lambda monkeypatch: use_triton(monkeypatch, OP))
 
 
 def _op(attn, qs):
@@ -230,7 +227,7 @@ def test_compiles_for_hopper():
         """
         import triton, triton.language as tl
         from triton.backends.compiler import GPUTarget
-        from lvtp_kernels.ops import tsallis as T
+        from lvtp_kernels.ops import tsallis_triton as T
         fn = T._tsallis_kernel
         for dt, acc, near in (("bf16", tl.float32, True), ("fp64", tl.float64, True)):
             sig = {"attn_ptr": "*" + dt, "par_ptr": "*fp64" if dt == "fp64" else "*fp32", "out_ptr": "*fp32",

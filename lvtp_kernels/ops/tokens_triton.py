@@ -36,7 +36,7 @@ import triton
 import triton.language as tl
 
 from . import _common
-from .tsallis import loop_bound
+from ._common import loop_bound
 
 __all__ = ["gather_tokens", "scatter_tokens", "reconstruct_stage", "nearest_keys"]
 
@@ -73,6 +73,17 @@ def _grid(b: int, rows: int, c: int, block_r: int, block_c: int):
     return (b, triton.cdiv(rows, block_r), triton.cdiv(c, block_c))
 
 
+@triton.jit
+def _row_tile(R, C, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
+    """This program's [BLOCK_R, BLOCK_C] tile of an (R, C) row launch (grid ``_grid``):
+    image b, row and column indices, the row mask and the tile mask."""
+    b = tl.program_id(0).to(tl.int64)
+    rows = tl.program_id(1) * BLOCK_R + tl.arange(0, BLOCK_R)
+    cols = (tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)).to(tl.int64)
+    rmask = rows < R
+    return b, rows, cols, rmask, rmask[:, None] & (cols < C)[None, :]
+
+
 # --------------------------------------------------------------------------- gather
 @triton.jit
 def _gather_kernel(
@@ -81,11 +92,7 @@ def _gather_kernel(
     BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     """out[b, r, :] = x[b, idx[b, r], :] for a [BLOCK_R, BLOCK_C] tile; out contiguous."""
-    b = tl.program_id(0).to(tl.int64)
-    rows = tl.program_id(1) * BLOCK_R + tl.arange(0, BLOCK_R)
-    cols = (tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)).to(tl.int64)
-    rmask = rows < K
-    mask = rmask[:, None] & (cols < C)[None, :]
+    b, rows, cols, rmask, mask = _row_tile(K, C, BLOCK_R, BLOCK_C)
     src = tl.load(idx_ptr + b * si_b + rows.to(tl.int64) * si_k, mask=rmask, other=0).to(tl.int64)
     v = tl.load(x_ptr + b * sx_b + src[:, None] * sx_n + cols[None, :] * sx_c, mask=mask)
     dst = (b * K + rows.to(tl.int64))[:, None] * C + cols[None, :]
@@ -252,11 +259,7 @@ def _reconstruct_pruned_kernel(
     BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     """out[b, prune_idx[b, j]] = x_stage[b, prune_idx[b, j]] (+ mean[b, slot] when RESIDUAL)."""
-    b = tl.program_id(0).to(tl.int64)
-    rows = tl.program_id(1) * BLOCK_R + tl.arange(0, BLOCK_R)
-    cols = (tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)).to(tl.int64)
-    rmask = rows < NP
-    mask = rmask[:, None] & (cols < C)[None, :]
+    b, rows, cols, rmask, mask = _row_tile(NP, C, BLOCK_R, BLOCK_C)
     pos = tl.load(prune_ptr + b * sp_b + rows.to(tl.int64) * sp_k, mask=rmask, other=0).to(tl.int64)
     xv = tl.load(xs_ptr + b * sx_b + pos[:, None] * sx_n + cols[None, :] * sx_c, mask=mask, other=0.0)
     v = _round_to(xv, FDTYPE)
@@ -275,11 +278,7 @@ def _scatter_rows_kernel(
     BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     """out[b, idx[b, r], :] = src[b, r, :] (out contiguous (B, N, C); indices unique)."""
-    b = tl.program_id(0).to(tl.int64)
-    rows = tl.program_id(1) * BLOCK_R + tl.arange(0, BLOCK_R)
-    cols = (tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)).to(tl.int64)
-    rmask = rows < K
-    mask = rmask[:, None] & (cols < C)[None, :]
+    b, rows, cols, rmask, mask = _row_tile(K, C, BLOCK_R, BLOCK_C)
     rows64 = rows.to(tl.int64)
     pos = tl.load(idx_ptr + b * si_b + rows64 * si_k, mask=rmask, other=0).to(tl.int64)
     v = tl.load(src_ptr + b * ss_b + rows64[:, None] * ss_k + cols[None, :] * ss_c, mask=mask)
@@ -447,6 +446,3 @@ def reconstruct_stage(
     return out
 
 
-_common.register("gather_tokens", gather_tokens)
-_common.register("scatter_tokens", scatter_tokens)
-_common.register("reconstruct_stage", reconstruct_stage)

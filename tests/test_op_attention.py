@@ -1,4 +1,4 @@
-"""The fused Triton attention + entropy kernel (lvtp_kernels/ops/attention.py).
+"""The fused Triton attention + entropy kernel (lvtp_kernels/ops/attention_triton.py).
 
 Runs on CPU tensors through the Triton interpreter (tests/conftest.py sets
 TRITON_INTERPRET=1), through ``torch.ops.lvtp.attention_entropy`` with the backend forced
@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import lvtp_kernels  # noqa: F401  (defines torch.ops.lvtp.*)
-import lvtp_kernels.ops.attention as attn_mod
+import lvtp_kernels.ops.attention_triton as attn_mod
 import python_ref
 from lvtp_kernels import registry
 from lvtp_kernels.ops._common import interpreting

@@ -45,43 +45,20 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .args import _device_arg, parse_hw
+from .microbench import copy_gbps, sync, time_call_ms, time_ms  # noqa: F401  (time_call_ms: the CLI uses it)
+
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 ARCHS = ("vit_ti", "vit_s", "vit_b", "vit_l", "bundled")
 
 
 # ---------------------------------------------------------------------------- timing
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def time_call_ms(fn: Callable[[], object], device: torch.device) -> float:
-    """One call of ``fn()`` in ms: CUDA events on a GPU, a perf_counter on the CPU."""
-    if device.type == "cuda":
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        b.synchronize()
-        return a.elapsed_time(b)
-    t0 = time.perf_counter()
-    fn()
-    return (time.perf_counter() - t0) * 1e3
+_sync = sync
 
 
 def median_ms(fn: Callable[[], object], device: torch.device, warmup: int, repeats: int, max_s: float) -> float:
-    """Median time of ``fn()`` in ms after ``warmup`` calls: CUDA events on a GPU, a
-    synchronised perf_counter on the CPU; stops early (at least 5 runs) after ``max_s``."""
-    for _ in range(warmup):
-        fn()
-    _sync(device)
-    times: List[float] = []
-    end_by = time.perf_counter() + max_s
-    for _ in range(repeats):
-        times.append(time_call_ms(fn, device))
-        if len(times) >= 5 and time.perf_counter() > end_by:
-            break
-    return statistics.median(times)
+    """Median time of ``fn()`` in ms (at least 5 runs): :func:`microbench.time_ms`."""
+    return time_ms(fn, device, warmup=warmup, repeats=repeats, max_s=max_s, min_runs=5)
 
 
 @dataclass
@@ -167,26 +144,7 @@ def matmul_tflops(device: torch.device, dtype: torch.dtype) -> float:
     return 2 * n**3 / (ms * 1e-3) / 1e12
 
 
-def copy_gbps(device: torch.device) -> float:
-    """Measured copy bandwidth (bytes read + written per second, GB/s)."""
-    n = (1 << 30) if device.type == "cuda" else (64 << 20)
-    x = torch.ones(n // 4, dtype=torch.float32, device=device)
-    y = torch.empty_like(x)
-    ms = median_ms(lambda: y.copy_(x), device, warmup=3, repeats=20, max_s=2.0)
-    return 2 * n / (ms * 1e-3) / 1e9
-
-
 # ---------------------------------------------------------------------------- models
-def parse_size(s: str) -> Tuple[int, int]:
-    try:
-        h, w = (int(v) for v in s.lower().split("x"))
-    except ValueError:
-        raise ValueError(f"--size must be HxW (e.g. 512x512), got {s!r}") from None
-    if h <= 0 or w <= 0:
-        raise ValueError(f"--size must be positive, got {s!r}")
-    return h, w
-
-
 _BUILT: Dict[tuple, torch.nn.Module] = {}
 
 
@@ -194,10 +152,10 @@ def build(arch: str, size: Optional[Tuple[int, int]], device: torch.device, dtyp
           classes: int = 150):
     """(model, image size): random weights for a preset (a linear decoder to ``classes``
     classes, logits upsampled to the image), or the bundled CamVid model (11 classes)."""
-    from .models import vit
+    from ..models import vit
 
     if arch == "bundled":
-        from .models.reference import load_reference
+        from ..models.reference import load_reference
 
         model = load_reference()
         size = size or tuple(model.cfg.img_size)
@@ -252,7 +210,7 @@ def schedule_counts(model, schedule, n0: int) -> List[int]:
 PARTS = {  # torch.ops.lvtp op -> overhead part (top-level ops only: their backends are children)
     "lvtp::attention_entropy": "entropy_attention", "lvtp::tsallis_entropy": "entropy_attention",
     "lvtp::patch_edge_energy": "edge",
-    "lvtp::select_tokens": "selection", "lvtp::select": "selection", "lvtp::kmeans": "selection",
+    "lvtp::select": "selection", "lvtp::kmeans": "selection",
     "lvtp::prune": "selection",
     "lvtp::gather_tokens": "gather_scatter", "lvtp::scatter_tokens": "gather_scatter",
     "lvtp::reconstruct_stage": "reconstruction",
@@ -439,46 +397,44 @@ def format_table(rec: dict) -> str:
 
 
 # ---------------------------------------------------------------------------- ops
-OP_BENCHES = ("bench_entropy", "bench_attention_entropy", "bench_gather_scatter", "bench_edge", "bench_kmeans",
-              "bench_select")
+OP_BENCHES = ("bench_tsallis", "bench_attention", "bench_tokens", "bench_edge", "bench_select")
 
 
-def _benchmarks_package():
-    """Import the repo's ``benchmarks`` package (it sits beside lvtp_kernels in a checkout)."""
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    if os.path.isdir(os.path.join(root, "benchmarks")) and root not in sys.path:
-        sys.path.insert(0, root)
-    try:
-        import benchmarks.common as common  # noqa: F401
-    except ImportError as exc:
-        raise RuntimeError("bench ops needs the repository checkout (its benchmarks/ folder); "
-                           f"it is not importable here ({exc})") from None
-    return common
+def _benchmarks_dir() -> str:
+    """The repository's benchmarks/ folder (beside lvtp_kernels in a checkout)."""
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    folder = os.path.join(root, "benchmarks")
+    if not os.path.isfile(os.path.join(folder, "bench_select.py")):
+        raise RuntimeError("bench ops runs the repository checkout's benchmarks/bench_*.py; "
+                           f"there is none beside this package ({folder})")
+    return folder
 
 
 def run_ops(quick: bool = False, only: Optional[Sequence[str]] = None,
             log: Optional[Callable[[str], None]] = None) -> List[dict]:
-    """Run the per-op microbenchmarks (their own tables print as they go) and return every
-    row, tagged with its benchmark, for one combined table."""
-    import importlib
+    """Run the per-op microbenchmarks, each as ``python -m benchmarks.<name>`` in the
+    checkout (their own tables print as they go), and return every row, tagged with its
+    benchmark, for one combined table. The package runs them; it never imports them."""
+    import subprocess
+    import tempfile
+
+    from .microbench import ROWS_ENV
 
     log = log or logging.getLogger(__name__).info
-    common = _benchmarks_package()
     names = list(only) if only else list(OP_BENCHES)
     for n in names:
         if n not in OP_BENCHES:
             raise ValueError(f"unknown benchmark {n!r} in --only; known: {OP_BENCHES}")
+    root = os.path.dirname(_benchmarks_dir())
     rows: List[dict] = []
     for n in names:
-        common.COLLECTED.clear()
-        mod = importlib.import_module(f"benchmarks.{n}")
-        argv = ["--quick"] if quick else []
-        try:
-            mod.main(argv)
-        except SystemExit as exc:  # a main that exits (argparse) is reported, not fatal
-            log(f"{n}: exited with {exc.code}")
-        for bench, brows in common.COLLECTED:
-            rows += [dict(r, bench=bench) for r in brows]
+        with tempfile.NamedTemporaryFile("r", suffix=".jsonl") as f:
+            env = dict(os.environ, **{ROWS_ENV: f.name})
+            cmd = [sys.executable, "-m", f"benchmarks.{n}"] + (["--quick"] if quick else [])
+            rc = subprocess.run(cmd, cwd=root, env=env).returncode
+            if rc:
+                log(f"{n}: exited with {rc}")
+            rows += [json.loads(line) for line in f if line.strip()]
     return rows
 
 
@@ -508,7 +464,7 @@ def add_parser(sub) -> None:
     p = sub.add_parser("bench", help="end-to-end speed (e2e) and per-op microbenchmarks (ops)")
     bsub = p.add_subparsers(dest="bench_cmd", required=True)
     e = bsub.add_parser("e2e", help="pruned vs unpruned forward time of a ViT segmenter")
-    e.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", type=_device,
+    e.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", type=_device_arg,
                    help="cpu, cuda or cuda:N (default: cuda when available)")
     e.add_argument("--arch", default=None, choices=ARCHS,
                    help="random-weight preset, or the bundled CamVid model (default: vit_b on cuda, bundled on cpu)")
@@ -538,14 +494,6 @@ def add_parser(sub) -> None:
     o.set_defaults(func=cmd_ops)
 
 
-def _device(text: str) -> str:
-    t = text.strip().lower()
-    kind, _, index = t.partition(":")
-    if kind not in ("cpu", "cuda") or (index and (kind == "cpu" or not index.isdigit())):
-        raise argparse.ArgumentTypeError(f"expected cpu, cuda or cuda:N, got {text!r}")
-    return t
-
-
 def cmd_e2e(args: argparse.Namespace) -> int:
     dev = args.device
     if dev.startswith("cuda"):  # cuda:N -> that device current, the benchmark runs on "cuda"
@@ -560,7 +508,7 @@ def cmd_e2e(args: argparse.Namespace) -> int:
     arch = args.arch or ("vit_b" if dev == "cuda" else "bundled")
     dtype = args.dtype or ("fp16" if dev == "cuda" else "fp32")
     try:
-        size = parse_size(args.size) if args.size else None
+        size = parse_hw(args.size) if args.size else None
         reductions = [float(v) for v in args.reductions.split(",") if v.strip()]
     except ValueError as exc:
         print(f"lvtp bench e2e: {exc}", file=sys.stderr)

@@ -1,26 +1,41 @@
-// ATen glue of the CUDA clustering ops: CUDA impls of lvtp_cpp::kmeans / select / select_tokens
-// (schemas defined in lvtp_cpu.cpp, module lvtp_kernels._C, which must load first).
+// lvtp_kernels._C_cuda: the ATen glue and the Python bindings (pybind11) of the CUDA
+// clustering kernels (csrc/kmeans_cuda.cu, csrc/select_cuda.cu). Standalone: it needs
+// neither lvtp_kernels._C nor any registered op.
 //
-// Inputs are converted once (fp16/bf16 -> fp32, contiguous); kernels run on the current
-// stream; every launcher's cudaError_t is checked.
+//   kmeans(x, init, iters) -> (centroids, assign)
+//     x (B, n, d), init (B, k, d) on one CUDA device, 1 <= k <= n, iters >= 1, any floating
+//     dtypes; centroids (B, k, d) float32 (float64 for fp64 x), assign (B, n) int64.
+//   select(tokens, ent, edge, keep_ratio, num_protected, alpha, entropy_mode, clusters,
+//          iters, allocation) -> (keep_idx, prune_idx, cluster_id)
+//     tokens (B, N, C) fp16 / bf16 / fp32 / fp64, ent (B, N, Q) floating with 1 <= Q <= 64,
+//     edge (B, N) or None, all on one CUDA device; allocation "ranked" | "proportional".
+//     keep_idx (B, P+K) int64, prune_idx (B, N-P-K) int64, cluster_id (B, N) int32.
+// Same arguments, outputs and (on finite inputs) the same indices as lvtp_kernels._C's
+// kmeans / select; precision, determinism and limits of the kernels: csrc/lvtp_cuda.h.
+//
+// Glue: inputs are converted once (fp16 / bf16 -> fp32, exact; contiguous); ent and edge go
+// to fp64 if either is fp64. Scratch buffers are ATen allocations on the input's device;
+// the kernels run on the current stream of that device (no synchronisation here); every
+// launcher's cudaError_t is checked (RuntimeError "lvtp.<op>: CUDA error: ...").
+// Plain functions, not dispatcher kernels of lvtp::op: see csrc/bind_cpu.cpp. Each
+// call runs with the GIL released and below autograd. The only TU of the module that
+// includes <torch/extension.h>.
 
-#include <Python.h>
+#include <torch/extension.h>
 
-#include <ATen/ATen.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
-#include <torch/library.h>
 
+#include <algorithm>
+#include <optional>
 #include <string>
+#include <tuple>
+#include <utility>
 
+#include "lvtp_bind.h"
 #include "lvtp_common.h"
-#include "lvtp_fmt.h"
 #include "lvtp_cuda.h"
-
-extern "C" PyObject* PyInit__C_cuda(void) {
-  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C_cuda", "lvtp compiled ops (CUDA)", -1, nullptr};
-  return PyModule_Create(&module_def);
-}
+#include "lvtp_fmt.h"
 
 namespace lvtp {
 namespace {
@@ -30,16 +45,16 @@ using at::Tensor;
 #define LVTP_CUDA_CHECK(expr, what)                                                                   \
   do {                                                                                                \
     const cudaError_t err_ = (expr);                                                                  \
-    TORCH_CHECK(err_ == cudaSuccess, lvtp::fmt("lvtp_cpp.", what, ": CUDA error: ", cudaGetErrorString(err_))); \
+    TORCH_CHECK(err_ == cudaSuccess, lvtp::fmt("lvtp.", what, ": CUDA error: ", cudaGetErrorString(err_))); \
   } while (0)
 
 std::tuple<Tensor, Tensor> kmeans_cuda(const Tensor& x_in, const Tensor& init, int64_t iters) {
-  TORCH_CHECK(x_in.dim() == 3 && init.dim() == 3, "lvtp_cpp.kmeans: x (B, n, d) and init (B, k, d) expected");
+  TORCH_CHECK(x_in.dim() == 3 && init.dim() == 3, "lvtp.kmeans: x (B, n, d) and init (B, k, d) expected");
   TORCH_CHECK(x_in.size(0) == init.size(0) && x_in.size(2) == init.size(2),
-              lvtp::fmt("lvtp_cpp.kmeans: x ", x_in.sizes(), " and init ", init.sizes(), " disagree on B or d"));
-  TORCH_CHECK(init.size(1) >= 1 && init.size(1) <= x_in.size(1), "lvtp_cpp.kmeans: need 1 <= k <= n");
-  TORCH_CHECK(iters >= 1, "lvtp_cpp.kmeans: iters must be >= 1");
-  TORCH_CHECK(x_in.is_cuda() && init.device() == x_in.device(), "lvtp_cpp.kmeans: x and init on one CUDA device");
+              lvtp::fmt("lvtp.kmeans: x ", x_in.sizes(), " and init ", init.sizes(), " disagree on B or d"));
+  TORCH_CHECK(init.size(1) >= 1 && init.size(1) <= x_in.size(1), "lvtp.kmeans: need 1 <= k <= n");
+  TORCH_CHECK(iters >= 1, "lvtp.kmeans: iters must be >= 1");
+  TORCH_CHECK(x_in.is_cuda() && init.device() == x_in.device(), "lvtp.kmeans: x and init on one CUDA device");
   const c10::cuda::CUDAGuard guard(x_in.device());
   const auto acc = x_in.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   const Tensor x = x_in.to(acc).contiguous();
@@ -59,27 +74,26 @@ std::tuple<Tensor, Tensor> kmeans_cuda(const Tensor& x_in, const Tensor& init, i
   return {c, assign};
 }
 
-std::tuple<Tensor, Tensor, Tensor> select_tokens_cuda(const Tensor& tokens_in, const Tensor& ent_in,
-                                                      const std::optional<Tensor>& edge_in, double keep_ratio,
-                                                      int64_t num_protected, double alpha,
-                                                      c10::string_view entropy_mode, int64_t clusters, int64_t iters,
-                                                      c10::string_view allocation_name) {
+std::tuple<Tensor, Tensor, Tensor> select_cuda(const Tensor& tokens_in, const Tensor& ent_in,
+                                                const std::optional<Tensor>& edge_in, double keep_ratio,
+                                                int64_t num_protected, double alpha, const std::string& entropy_mode,
+                                                int64_t clusters, int64_t iters, const std::string& allocation_name) {
   const int allocation = allocation_from_name(allocation_name);
-  TORCH_CHECK(allocation >= 0, lvtp::fmt("lvtp_cpp.select_tokens: allocation must be 'ranked' or 'proportional', got '",
-              std::string(allocation_name.data(), allocation_name.size()), "'"));
-  TORCH_CHECK(tokens_in.dim() == 3, "lvtp_cpp.select: tokens must be (B, N, C)");
+  TORCH_CHECK(allocation >= 0, lvtp::fmt("lvtp.select: allocation must be 'ranked' or 'proportional', got '",
+              allocation_name, "'"));
+  TORCH_CHECK(tokens_in.dim() == 3, "lvtp.select: tokens must be (B, N, C)");
   TORCH_CHECK(ent_in.dim() == 3 && ent_in.size(0) == tokens_in.size(0) && ent_in.size(1) == tokens_in.size(1),
-              "lvtp_cpp.select: ent must be (B, N, Q) like tokens");
-  TORCH_CHECK(ent_in.size(2) >= 1 && ent_in.size(2) <= 64, "lvtp_cpp.select (CUDA): 1 <= Q <= 64 orders");
-  TORCH_CHECK(tokens_in.is_cuda() && ent_in.device() == tokens_in.device(), "lvtp_cpp.select: one CUDA device");
+              "lvtp.select: ent must be (B, N, Q) like tokens");
+  TORCH_CHECK(ent_in.size(2) >= 1 && ent_in.size(2) <= 64, "lvtp.select (CUDA): 1 <= Q <= 64 orders");
+  TORCH_CHECK(tokens_in.is_cuda() && ent_in.device() == tokens_in.device(), "lvtp.select: one CUDA device");
   if (edge_in.has_value())
     TORCH_CHECK(edge_in->dim() == 2 && edge_in->size(0) == tokens_in.size(0) &&
                     edge_in->size(1) == tokens_in.size(1) && edge_in->device() == tokens_in.device(),
-                "lvtp_cpp.select: edge must be (B, N) on the tokens' device");
-  TORCH_CHECK(keep_ratio > 0.0 && keep_ratio <= 1.0, "lvtp_cpp.select: keep_ratio must be in (0, 1]");
-  TORCH_CHECK(num_protected >= 0 && num_protected < tokens_in.size(1), "lvtp_cpp.select: num_protected in [0, N-1]");
-  TORCH_CHECK(entropy_mode == "low" || entropy_mode == "high", "lvtp_cpp.select: entropy_mode 'low' or 'high'");
-  TORCH_CHECK(clusters >= 1 && iters >= 1, "lvtp_cpp.select: clusters and iters must be >= 1");
+                "lvtp.select: edge must be (B, N) on the tokens' device");
+  TORCH_CHECK(keep_ratio > 0.0 && keep_ratio <= 1.0, "lvtp.select: keep_ratio must be in (0, 1]");
+  TORCH_CHECK(num_protected >= 0 && num_protected < tokens_in.size(1), "lvtp.select: num_protected in [0, N-1]");
+  TORCH_CHECK(entropy_mode == "low" || entropy_mode == "high", "lvtp.select: entropy_mode 'low' or 'high'");
+  TORCH_CHECK(clusters >= 1 && iters >= 1, "lvtp.select: clusters and iters must be >= 1");
   const c10::cuda::CUDAGuard guard(tokens_in.device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(tokens_in.device().index()).stream();
 
@@ -134,20 +148,12 @@ std::tuple<Tensor, Tensor, Tensor> select_tokens_cuda(const Tensor& tokens_in, c
   return {keep_idx, prune_idx, cluster_id};
 }
 
-// select == select_tokens with the spec's "ranked" allocation.
-std::tuple<Tensor, Tensor, Tensor> select_cuda(const Tensor& tokens_in, const Tensor& ent_in,
-                                               const std::optional<Tensor>& edge_in, double keep_ratio,
-                                               int64_t num_protected, double alpha, c10::string_view entropy_mode,
-                                               int64_t clusters, int64_t iters) {
-  return select_tokens_cuda(tokens_in, ent_in, edge_in, keep_ratio, num_protected, alpha, entropy_mode, clusters,
-                            iters, "ranked");
-}
-
 }  // namespace
 }  // namespace lvtp
 
-TORCH_LIBRARY_IMPL(lvtp_cpp, CUDA, m) {
-  m.impl("kmeans", &lvtp::kmeans_cuda);
-  m.impl("select", &lvtp::select_cuda);
-  m.impl("select_tokens", &lvtp::select_tokens_cuda);
+
+PYBIND11_MODULE(_C_cuda, m) {
+  namespace py = pybind11;
+  m.doc() = "lvtp compiled kernels (CUDA): plain functions called by lvtp_kernels/_ext.py";
+  lvtp_bind::def_clustering<&lvtp::kmeans_cuda, &lvtp::select_cuda>(m, "CUDA");
 }

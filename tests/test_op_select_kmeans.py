@@ -1,4 +1,4 @@
-"""The compiled k-means (torch.ops.lvtp_cpp.kmeans, the "cpp"/"cuda" backends of
+"""The compiled k-means (lvtp_kernels._C.kmeans, the "cpp"/"cuda" backends of
 torch.ops.lvtp.kmeans) against python_ref.kmeans and scikit-learn.
 
 Assignments must equal the reference except at near-ties: points whose two candidate
@@ -18,7 +18,7 @@ import lvtp_kernels._ext as ext
 from lvtp_kernels import registry
 from python_ref import ops as ref
 
-from ext_marks import HAVE_CPP, HAVE_CUDA, needs_cpp, needs_cuda  # noqa: E402,F401
+from ext_marks import HAVE_CPP, HAVE_CUDA, needs_cpp, needs_cuda, opcheck_compiled, compiled  # noqa: E402,F401
 
 
 def test_extension_required_in_ci():
@@ -26,9 +26,8 @@ def test_extension_required_in_ci():
     if os.environ.get("LVTP_REQUIRE_EXT") != "1":
         pytest.skip("LVTP_REQUIRE_EXT is not 1")
     assert HAVE_CPP, ext.status()["cpp"][1]
-    for op in ("kmeans", "select", "select_tokens"):
+    for op in ("kmeans", "select", "attention_entropy", "patch_edge_energy", "gather_tokens", "reconstruct_stage"):
         assert registry.choose_backend(op, "cpu", warn=False) == "cpp", op
-    assert registry.choose_backend("select", "cpu", warn=False) == "cpp"
 
 
 def _sqd(x, c):
@@ -88,7 +87,7 @@ def test_kmeans_matches_reference(case, dtype, gen):
     b, n, d, k, iters = case
     x = torch.randn(b, n, d, generator=gen).to(dtype)
     init = _init_from(x, k, gen)
-    assert_kmeans_close(x, torch.ops.lvtp_cpp.kmeans(x, init, iters), ref.kmeans(x, init, iters))
+    assert_kmeans_close(x, compiled("kmeans")(x, init, iters), ref.kmeans(x, init, iters))
 
 
 @needs_cpp
@@ -98,7 +97,7 @@ def test_kmeans_public_op_uses_cpp(monkeypatch, gen):
     x = _blobs(3, 120, 24, 5, gen)
     init = _init_from(x, 5, gen)
     c, a = torch.ops.lvtp.kmeans(x, init, 10)
-    c2, a2 = torch.ops.lvtp_cpp.kmeans(x, init, 10)
+    c2, a2 = compiled("kmeans")(x, init, 10)
     assert torch.equal(c, c2) and torch.equal(a, a2)
     assert_kmeans_close(x, (c, a), ref.kmeans(x, init, 10))
 
@@ -109,9 +108,9 @@ def test_kmeans_noncontiguous(gen):
     x = xt.transpose(1, 2)  # (B, n, d), not contiguous
     init = torch.randn(2, 6, 48, generator=gen)[:, :, ::2]  # strided last dim
     assert not x.is_contiguous() and not init.is_contiguous()
-    out = torch.ops.lvtp_cpp.kmeans(x, init, 6)
+    out = compiled("kmeans")(x, init, 6)
     assert_kmeans_close(x, out, ref.kmeans(x, init, 6))
-    out_c = torch.ops.lvtp_cpp.kmeans(x.contiguous(), init.contiguous(), 6)
+    out_c = compiled("kmeans")(x.contiguous(), init.contiguous(), 6)
     assert torch.equal(out[0], out_c[0]) and torch.equal(out[1], out_c[1])
 
 
@@ -120,7 +119,7 @@ def test_kmeans_empty_cluster_keeps_centroid():
     x = torch.tensor([[[0.0, 0.0], [0.1, 0.0], [5.0, 5.0], [5.1, 5.0]]])
     init = torch.tensor([[[0.0, 0.0], [5.0, 5.0], [100.0, 100.0], [0.0, 0.0]]])  # 2 and 3 far: empty
     init[0, 3] = torch.tensor([-100.0, 7.0])  # far too
-    c, a = torch.ops.lvtp_cpp.kmeans(x, init, 3)
+    c, a = compiled("kmeans")(x, init, 3)
     c_ref, a_ref = ref.kmeans(x, init, 3)
     assert torch.equal(a, a_ref) and a.tolist() == [[0, 0, 1, 1]]
     torch.testing.assert_close(c, c_ref)
@@ -133,12 +132,12 @@ def test_kmeans_ties_go_to_lower_cluster():
     x = torch.tensor([[[0.0], [-1.0], [1.0], [0.0]]], dtype=torch.float64)
     init = torch.tensor([[[1.0], [-1.0], [1.0]]], dtype=torch.float64)
     for iters in (1, 2, 5):
-        c, a = torch.ops.lvtp_cpp.kmeans(x, init, iters)
+        c, a = compiled("kmeans")(x, init, iters)
         c_ref, a_ref = ref.kmeans(x, init, iters)
         assert torch.equal(a, a_ref) and torch.equal(c, c_ref)
     # identical points everywhere: every point in cluster 0
     x = torch.ones(2, 9, 5)
-    c, a = torch.ops.lvtp_cpp.kmeans(x, x[:, :3].clone(), 4)
+    c, a = compiled("kmeans")(x, x[:, :3].clone(), 4)
     assert torch.equal(a, torch.zeros(2, 9, dtype=torch.int64))
 
 
@@ -149,9 +148,9 @@ def test_kmeans_deterministic_across_threads(gen):
     old = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
-        one = torch.ops.lvtp_cpp.kmeans(x, init, 8)
+        one = compiled("kmeans")(x, init, 8)
         torch.set_num_threads(max(2, old))
-        many = torch.ops.lvtp_cpp.kmeans(x, init, 8)
+        many = compiled("kmeans")(x, init, 8)
     finally:
         torch.set_num_threads(old)
     assert torch.equal(one[0], many[0]) and torch.equal(one[1], many[1])
@@ -176,7 +175,7 @@ def test_kmeans_vs_sklearn(d, k, iters, gen):
     label = torch.arange(n) % k
     x = centers[:, label] + 0.5 * torch.randn(b, n, d, generator=gen, dtype=torch.float64)
     init = x[:, :k].clone()  # points 0..k-1 are one per blob
-    c, a = torch.ops.lvtp_cpp.kmeans(x, init, iters)
+    c, a = compiled("kmeans")(x, init, iters)
     for i in range(b):
         km = sklearn.KMeans(n_clusters=k, init=init[i].numpy(), n_init=1, max_iter=iters, tol=0.0,
                             algorithm="lloyd").fit(x[i].numpy())
@@ -189,17 +188,17 @@ def test_kmeans_vs_sklearn(d, k, iters, gen):
 @needs_cpp
 def test_kmeans_opcheck_cpu(gen):
     x = torch.randn(2, 30, 8, generator=gen)
-    torch.library.opcheck(torch.ops.lvtp_cpp.kmeans, (x, x[:, :4].clone(), 3))
+    opcheck_compiled("kmeans", (x, x[:, :4].clone(), 3))
     x16 = x.to(torch.float16)
-    torch.library.opcheck(torch.ops.lvtp_cpp.kmeans, (x16, x16[:, :4].clone(), 2))
+    opcheck_compiled("kmeans", (x16, x16[:, :4].clone(), 2))
 
 
 @needs_cpp
 def test_kmeans_rejects_bad_shapes():
     with pytest.raises(RuntimeError, match="k <= n"):
-        torch.ops.lvtp_cpp.kmeans(torch.randn(1, 3, 2), torch.randn(1, 4, 2), 1)
+        compiled("kmeans")(torch.randn(1, 3, 2), torch.randn(1, 4, 2), 1)
     with pytest.raises(RuntimeError, match="iters"):
-        torch.ops.lvtp_cpp.kmeans(torch.randn(1, 3, 2), torch.randn(1, 2, 2), 0)
+        compiled("kmeans")(torch.randn(1, 3, 2), torch.randn(1, 2, 2), 0)
 
 
 # --------------------------------------------------------------------------- CUDA
@@ -210,11 +209,11 @@ def test_kmeans_cuda_matches_reference_and_cpu(case, dtype, gen):
     b, n, d, k, iters = case  # the last case's centroids do not fit shared memory
     x = torch.randn(b, n, d, generator=gen).to(dtype)
     init = _init_from(x, k, gen)
-    out = torch.ops.lvtp_cpp.kmeans(x.cuda(), init.cuda(), iters)
+    out = compiled("kmeans")(x.cuda(), init.cuda(), iters)
     assert out[0].is_cuda and out[1].is_cuda
     assert_kmeans_close(x, out, ref.kmeans(x, init, iters))
-    assert_kmeans_close(x, out, torch.ops.lvtp_cpp.kmeans(x, init, iters))
-    again = torch.ops.lvtp_cpp.kmeans(x.cuda(), init.cuda(), iters)
+    assert_kmeans_close(x, out, compiled("kmeans")(x, init, iters))
+    again = compiled("kmeans")(x.cuda(), init.cuda(), iters)
     assert torch.equal(out[0], again[0]) and torch.equal(out[1], again[1])  # deterministic
 
 
@@ -225,4 +224,4 @@ def test_kmeans_cuda_public_op_and_opcheck(monkeypatch, gen):
     x = torch.randn(2, 64, 12, generator=gen).cuda()
     c, a = torch.ops.lvtp.kmeans(x, x[:, :5].clone(), 4)
     assert_kmeans_close(x, (c, a), ref.kmeans(x.cpu(), x[:, :5].cpu().clone(), 4))
-    torch.library.opcheck(torch.ops.lvtp_cpp.kmeans, (x, x[:, :5].clone(), 3))
+    opcheck_compiled("kmeans", (x, x[:, :5].clone(), 3))

@@ -23,12 +23,12 @@ from tqdm.auto import tqdm
 
 from python_ref.flops import ViTShape, active_stages, budget, vit_flops
 
-from . import flops as lflops
+from .. import flops as lflops
 from .baselines import METHODS, Method, make_runner, parse_method, release
 from .data.camvid import CLASS_NAMES, NUM_CLASSES, SegSample, load_split
 from .data.metrics import ConfusionMatrix, bootstrap_counts, boundary_mask, percentile_ci, resampled_miou
-from .models.patching import DEFAULTS
-from .models.vit import ViTSegmenter
+from ..models.patching import DEFAULTS
+from ..models.vit import ViTSegmenter
 from .segment import prepare
 
 DEFAULT_METHODS = ("lvtp", "evit", "tome", "random")
@@ -186,7 +186,7 @@ def run_eval(
     """Scores of the unpruned model and of each (method, reduction) on ``split`` (a list
     name or a sequence selection, see ``data.camvid.read_pairs``); with ``bootstrap`` > 0
     resamples, percentile intervals over images at ``level`` (``bootstrap_intervals``)."""
-    from .models import load_reference
+    from ..models import load_reference
 
     log = log or logging.getLogger(__name__).info
     if isinstance(bootstrap, bool) or not isinstance(bootstrap, int) or bootstrap < 0:

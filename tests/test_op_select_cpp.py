@@ -1,4 +1,4 @@
-"""The compiled selection (torch.ops.lvtp_cpp.select, the "cpp"/"cuda" backends of
+"""The compiled selection (lvtp_kernels._C.select, the "cpp"/"cuda" backends of
 torch.ops.lvtp.select) must be bit-identical to python_ref.select on CPU (torch.equal on
 keep_idx, prune_idx and cluster_id) across sizes, cluster counts, feature widths,
 protected tokens, edge / no edge, both entropy modes and budgets.
@@ -14,7 +14,7 @@ import lvtp_kernels  # noqa: F401  (registers torch.ops.lvtp.*)
 from lvtp_kernels import registry
 from python_ref import ops as ref
 
-from ext_marks import HAVE_CPP, HAVE_CUDA, needs_cpp, needs_cuda  # noqa: E402,F401
+from ext_marks import HAVE_CPP, HAVE_CUDA, needs_cpp, needs_cuda, compiled_select, opcheck_compiled  # noqa: E402,F401
 
 
 def _inputs(seed, b, n_tok, c, q=4, dtype=torch.float32):
@@ -61,7 +61,7 @@ def test_select_bit_identical(case):
     n_tok, clusters, c, b, p, keep, with_edge, mode = case
     tokens, ent, edge = _inputs(n_tok * 1000 + clusters * 10 + c, b, n_tok, c)
     args = _args(tokens, ent, edge if with_edge else None, keep, p, 0.5, mode, clusters, 10)
-    assert_same(torch.ops.lvtp_cpp.select(*args), ref.select(*args))
+    assert_same(compiled_select(*args), ref.select(*args))
 
 
 @needs_cpp
@@ -72,7 +72,7 @@ def test_select_bit_identical(case):
 def test_select_settings(p, mode, with_edge, keep):
     tokens, ent, edge = _inputs(7 + p, 3, 65, 24)
     args = _args(tokens, ent, edge if with_edge else None, keep, p, 0.3, mode, 6, 5)
-    assert_same(torch.ops.lvtp_cpp.select(*args), ref.select(*args))
+    assert_same(compiled_select(*args), ref.select(*args))
 
 
 @needs_cpp
@@ -81,7 +81,7 @@ def test_select_dtypes(dtype):
     tokens, ent, edge = _inputs(3, 2, 197, 64, dtype=dtype)
     for e, d in ((ent.to(dtype), edge.to(dtype)), (ent, edge)):
         args = _args(tokens, e, d, 0.6, 1, 0.5, "low", 8, 10)
-        assert_same(torch.ops.lvtp_cpp.select(*args), ref.select(*args))
+        assert_same(compiled_select(*args), ref.select(*args))
 
 
 @needs_cpp
@@ -92,10 +92,10 @@ def test_select_noncontiguous():
     edge = torch.rand(2, 240, generator=g)[:, ::2]
     assert not (tokens.is_contiguous() or ent.is_contiguous() or edge.is_contiguous())
     args = _args(tokens, ent, edge, 0.5, 1, 0.5, "low", 8, 10)
-    assert_same(torch.ops.lvtp_cpp.select(*args), ref.select(*args))
+    assert_same(compiled_select(*args), ref.select(*args))
     t64 = tokens.double()  # float64 view-preserving path of the reference
     args = _args(t64, ent, edge, 0.5, 1, 0.5, "high", 8, 10)
-    assert_same(torch.ops.lvtp_cpp.select(*args), ref.select(*args))
+    assert_same(compiled_select(*args), ref.select(*args))
 
 
 @needs_cpp
@@ -108,11 +108,11 @@ def test_select_ties():
     for edge in (None, torch.full((2, 60), 0.5), torch.rand(2, 6, generator=g).repeat(1, 10)):
         for keep in (0.1, 0.5, 1.0):
             args = _args(tokens, ent, edge, keep, 1, 0.5, "low", 8, 10)
-            assert_same(torch.ops.lvtp_cpp.select(*args), ref.select(*args))
+            assert_same(compiled_select(*args), ref.select(*args))
     tokens = torch.zeros(2, 20, 8)  # zero norm: clamp_min(1e-12)
     tokens[:, ::3] = 1.0
     args = _args(tokens, torch.rand(2, 20, 4, generator=g), None, 0.5, 0, 0.5, "high", 4, 3)
-    assert_same(torch.ops.lvtp_cpp.select(*args), ref.select(*args))
+    assert_same(compiled_select(*args), ref.select(*args))
 
 
 @needs_cpp
@@ -130,22 +130,35 @@ def test_select_public_op_uses_cpp(monkeypatch):
 @needs_cpp
 def test_select_opcheck_cpu():
     tokens, ent, edge = _inputs(2, 2, 40, 16)
-    torch.library.opcheck(torch.ops.lvtp_cpp.select, _args(tokens, ent, edge, 0.5, 1, 0.5, "low", 4, 3))
-    torch.library.opcheck(torch.ops.lvtp_cpp.select, _args(tokens, ent, None, 1.0, 0, 0.5, "high", 8, 2))
+    opcheck_compiled("select", _args(tokens, ent, edge, 0.5, 1, 0.5, "low", 4, 3))
+    opcheck_compiled("select", _args(tokens, ent, None, 1.0, 0, 0.5, "high", 8, 2))
 
 
 @needs_cpp
 def test_select_rejects_bad_args():
     tokens, ent, edge = _inputs(2, 1, 10, 4)
     with pytest.raises(RuntimeError, match="keep_ratio"):
-        torch.ops.lvtp_cpp.select(tokens, ent, edge, 0.0, 1, 0.5, "low", 4, 3)
+        compiled_select(tokens, ent, edge, 0.0, 1, 0.5, "low", 4, 3)
     with pytest.raises(RuntimeError, match="entropy_mode"):
-        torch.ops.lvtp_cpp.select(tokens, ent, edge, 0.5, 1, 0.5, "mid", 4, 3)
+        compiled_select(tokens, ent, edge, 0.5, 1, 0.5, "mid", 4, 3)
     with pytest.raises(RuntimeError, match="num_protected"):
-        torch.ops.lvtp_cpp.select(tokens, ent, edge, 0.5, 10, 0.5, "low", 4, 3)
+        compiled_select(tokens, ent, edge, 0.5, 10, 0.5, "low", 4, 3)
 
 
 # --------------------------------------------------------------------------- CUDA
+def _cuda_agrees(args, n_tok):
+    """The CUDA select on ``args``: on the GPU, equal to the C++ one, to python_ref (up to
+    N = 1025; the reference is slow beyond) and to itself run again (deterministic)."""
+    cuda_args = tuple(a.cuda() if isinstance(a, torch.Tensor) else a for a in args)
+    got = compiled_select(*cuda_args)
+    assert all(t.is_cuda for t in got)
+    assert_same(got, compiled_select(*args))
+    if n_tok <= 1025:
+        assert_same(got, ref.select(*cuda_args))
+    assert_same(got, compiled_select(*cuda_args))  # deterministic
+    return got
+
+
 CUDA_CASES = [c for c in GRID if c[0] != 1024 or c[2] == 768] + [
     (1025, 8, 768, 8, 1, 0.7, True, "low"),
     (4097, 8, 64, 2, 1, 0.5, False, "high"),  # n > the rank kernel's tile
@@ -160,14 +173,7 @@ def test_select_cuda_matches_cpu_and_reference(case):
     n_tok, clusters, c, b, p, keep, with_edge, mode = case
     tokens, ent, edge = _inputs(n_tok * 1000 + clusters * 10 + c, b, n_tok, c)
     args = _args(tokens, ent, edge if with_edge else None, keep, p, 0.5, mode, clusters, 10)
-    cuda_args = tuple(a.cuda() if isinstance(a, torch.Tensor) else a for a in args)
-    got = torch.ops.lvtp_cpp.select(*cuda_args)
-    assert all(t.is_cuda for t in got)
-    assert_same(got, torch.ops.lvtp_cpp.select(*args))
-    if n_tok <= 1025:
-        assert_same(got, ref.select(*cuda_args))
-    again = torch.ops.lvtp_cpp.select(*cuda_args)
-    assert_same(got, again)  # deterministic
+    _cuda_agrees(args, n_tok)
 
 
 @needs_cuda
@@ -176,29 +182,19 @@ def test_select_cuda_dtypes_and_ties(dtype):
     tokens, ent, edge = _inputs(3, 2, 197, 64, dtype=dtype)
     args = _args(tokens, ent.to(dtype), edge.to(dtype), 0.6, 1, 0.5, "low", 8, 10)
     cuda_args = tuple(a.cuda() if isinstance(a, torch.Tensor) else a for a in args)
-    assert_same(torch.ops.lvtp_cpp.select(*cuda_args), ref.select(*args))
+    assert_same(compiled_select(*cuda_args), ref.select(*args))
     g = torch.Generator().manual_seed(5)
     tokens = torch.randn(1, 6, 32, generator=g).repeat(2, 10, 1).to(dtype)
     ent = torch.full((2, 60, 4), 0.25, dtype=dtype)
     args = _args(tokens, ent, None, 0.5, 1, 0.5, "low", 8, 10)
     cuda_args = tuple(a.cuda() if isinstance(a, torch.Tensor) else a for a in args)
-    assert_same(torch.ops.lvtp_cpp.select(*cuda_args), ref.select(*args))
-
-
-@needs_cuda
-def test_select_cuda_public_op_and_opcheck(monkeypatch):
-    monkeypatch.setenv("LVTP_IMPL", "cuda")
-    assert registry.choose_backend("select", "cuda") == "cuda"
-    tokens, ent, edge = _inputs(2, 2, 40, 16)
-    args = _args(tokens.cuda(), ent.cuda(), edge.cuda(), 0.5, 1, 0.5, "low", 4, 3)
-    assert_same(torch.ops.lvtp.select(*args), ref.select(*args))
-    torch.library.opcheck(torch.ops.lvtp_cpp.select, args)
+    assert_same(compiled_select(*cuda_args), ref.select(*args))
 
 
 # --------------------------------------------------------------------------- select_tokens
-# lvtp_cpp::select_tokens (the "cpp"/"cuda" backends of torch.ops.lvtp.select_tokens):
+# allocation (the compiled select's last argument; torch.ops.lvtp.select's `allocation`):
 # allocation "ranked" is select, "proportional" gives every cluster its
-# python_ref.proportional_quotas share. Bit-identical to python_ref.select_tokens on CPU.
+# python_ref.proportional_quotas share. Bit-identical to python_ref.select on CPU.
 ALLOCS = ("ranked", "proportional")
 
 
@@ -235,7 +231,7 @@ def _tok_id(c):
 @pytest.fixture
 def impl_cpp(monkeypatch):
     monkeypatch.setenv("LVTP_IMPL", "cpp")
-    assert registry.choose_backend("select_tokens", "cpu") == "cpp"
+    assert registry.choose_backend("select", "cpu") == "cpp"
 
 
 def _cluster_counts(keep_idx, cluster_id, k):
@@ -265,12 +261,12 @@ def test_select_tokens_bit_identical(case, allocation, impl_cpp):
     n_tok, clusters, c, b, p, keep, with_edge, mode = case
     tokens, ent, edge = _inputs(n_tok * 1000 + clusters * 10 + c + 1, b, n_tok, c)
     args = _tok_args(tokens, ent, edge if with_edge else None, keep, p, 0.5, mode, clusters, 10, allocation)
-    got = torch.ops.lvtp.select_tokens(*args)
-    assert_same(got, ref.select_tokens(*args))
+    got = torch.ops.lvtp.select(*args)
+    assert_same(got, ref.select(*args))
     if allocation == "proportional":
         assert_quotas(got, n_tok, p, keep, clusters)
     else:  # ranked is select
-        assert_same(got, torch.ops.lvtp_cpp.select(*args[:-1]))
+        assert_same(got, compiled_select(*args[:-1]))
 
 
 @needs_cpp
@@ -281,8 +277,8 @@ def test_select_tokens_proportional_settings(p, with_edge, keep, impl_cpp):
     tokens, ent, edge = _inputs(17 + p, 3, 97, 24)
     for mode, clusters in (("low", 6), ("high", 13)):
         args = _tok_args(tokens, ent, edge if with_edge else None, keep, p, 0.3, mode, clusters, 5, "proportional")
-        got = torch.ops.lvtp.select_tokens(*args)
-        assert_same(got, ref.select_tokens(*args))
+        got = torch.ops.lvtp.select(*args)
+        assert_same(got, ref.select(*args))
         assert_quotas(got, 97, p, keep, clusters)
 
 
@@ -296,27 +292,27 @@ def test_select_tokens_proportional_empty_clusters_and_ties(impl_cpp):
     for edge in (None, torch.rand(2, 6, generator=g).repeat(1, 10)):
         for keep in (0.1, 0.5, 1.0):
             args = _tok_args(tokens, ent, edge, keep, 1, 0.5, "low", 8, 10, "proportional")
-            got = torch.ops.lvtp.select_tokens(*args)
-            assert_same(got, ref.select_tokens(*args))
+            got = torch.ops.lvtp.select(*args)
+            assert_same(got, ref.select(*args))
             assert_quotas(got, 60, 1, keep, 8)
             assert min(_cluster_counts(got[0][0], got[2][0], 8)[1]) == 0  # some cluster is empty
     zeros = torch.zeros(2, 20, 8)
     zeros[:, ::3] = 1.0
     args = _tok_args(zeros, torch.rand(2, 20, 4, generator=g), None, 0.5, 0, 0.5, "high", 4, 3, "proportional")
-    assert_same(torch.ops.lvtp.select_tokens(*args), ref.select_tokens(*args))
+    assert_same(torch.ops.lvtp.select(*args), ref.select(*args))
     for dtype in (torch.float64, torch.bfloat16):
         tokens, ent, edge = _inputs(3, 2, 197, 64, dtype=dtype)
         args = _tok_args(tokens, ent.to(dtype), edge.to(dtype), 0.6, 1, 0.5, "low", 8, 10, "proportional")
-        assert_same(torch.ops.lvtp.select_tokens(*args), ref.select_tokens(*args))
+        assert_same(torch.ops.lvtp.select(*args), ref.select(*args))
 
 
 @needs_cpp
 def test_select_tokens_opcheck_cpu():
     tokens, ent, edge = _inputs(2, 2, 40, 16)
     for allocation in ALLOCS:
-        torch.library.opcheck(torch.ops.lvtp_cpp.select_tokens,
+        opcheck_compiled("select",
                               _tok_args(tokens, ent, edge, 0.5, 1, 0.5, "low", 4, 3, allocation))
-        torch.library.opcheck(torch.ops.lvtp_cpp.select_tokens,
+        opcheck_compiled("select",
                               _tok_args(tokens, ent, None, 1.0, 0, 0.5, "high", 8, 2, allocation))
 
 
@@ -324,7 +320,7 @@ def test_select_tokens_opcheck_cpu():
 def test_select_tokens_rejects_unknown_allocation():
     tokens, ent, edge = _inputs(2, 1, 10, 4)
     with pytest.raises(RuntimeError, match="allocation"):
-        torch.ops.lvtp_cpp.select_tokens(tokens, ent, edge, 0.5, 1, 0.5, "low", 4, 3, "uniform")
+        compiled_select(tokens, ent, edge, 0.5, 1, 0.5, "low", 4, 3, "uniform")
 
 
 TOK_CUDA_CASES = [c for c in TOK_GRID if c[0] != 1024 or c[2] != 16] + [
@@ -341,15 +337,9 @@ def test_select_tokens_cuda_matches_cpu_and_reference(case, allocation):
     n_tok, clusters, c, b, p, keep, with_edge, mode = case
     tokens, ent, edge = _inputs(n_tok * 1000 + clusters * 10 + c + 1, b, n_tok, c)
     args = _tok_args(tokens, ent, edge if with_edge else None, keep, p, 0.5, mode, clusters, 10, allocation)
-    cuda_args = tuple(a.cuda() if isinstance(a, torch.Tensor) else a for a in args)
-    got = torch.ops.lvtp_cpp.select_tokens(*cuda_args)
-    assert all(t.is_cuda for t in got)
-    assert_same(got, torch.ops.lvtp_cpp.select_tokens(*args))
-    if n_tok <= 1025:
-        assert_same(got, ref.select_tokens(*cuda_args))
+    got = _cuda_agrees(args, n_tok)
     if allocation == "proportional":
         assert_quotas(got, n_tok, p, keep, clusters)
-    assert_same(got, torch.ops.lvtp_cpp.select_tokens(*cuda_args))  # deterministic
 
 
 @needs_cuda
@@ -358,27 +348,27 @@ def test_select_tokens_cuda_dtypes_and_ties(dtype):
     tokens, ent, edge = _inputs(3, 2, 197, 64, dtype=dtype)
     args = _tok_args(tokens, ent.to(dtype), edge.to(dtype), 0.6, 1, 0.5, "low", 8, 10, "proportional")
     cuda_args = tuple(a.cuda() if isinstance(a, torch.Tensor) else a for a in args)
-    assert_same(torch.ops.lvtp_cpp.select_tokens(*cuda_args), ref.select_tokens(*args))
+    assert_same(compiled_select(*cuda_args), ref.select(*args))
     g = torch.Generator().manual_seed(5)
     tokens = torch.randn(1, 6, 32, generator=g).repeat(2, 10, 1).to(dtype)
     for keep in (0.1, 0.5, 1.0):
         args = _tok_args(tokens, torch.full((2, 60, 4), 0.25, dtype=dtype), None, keep, 1, 0.5, "low", 8, 10,
                          "proportional")
         cuda_args = tuple(a.cuda() if isinstance(a, torch.Tensor) else a for a in args)
-        assert_same(torch.ops.lvtp_cpp.select_tokens(*cuda_args), ref.select_tokens(*args))
+        assert_same(compiled_select(*cuda_args), ref.select(*args))
 
 
 @needs_cuda
-def test_select_tokens_cuda_public_op_and_opcheck(monkeypatch):
+def test_select_cuda_public_op_and_opcheck(monkeypatch):  # both allocations
     monkeypatch.setenv("LVTP_IMPL", "cuda")
-    assert registry.choose_backend("select_tokens", "cuda") == "cuda"
+    assert registry.choose_backend("select", "cuda") == "cuda"
     tokens, ent, edge = _inputs(2, 2, 40, 16)
     for allocation in ALLOCS:
         args = _tok_args(tokens.cuda(), ent.cuda(), edge.cuda(), 0.5, 1, 0.5, "low", 4, 3, allocation)
-        assert_same(torch.ops.lvtp.select_tokens(*args), ref.select_tokens(*args))
-        torch.library.opcheck(torch.ops.lvtp_cpp.select_tokens, args)
+        assert_same(torch.ops.lvtp.select(*args), ref.select(*args))
+        opcheck_compiled("select", args)
     with pytest.raises(RuntimeError, match="allocation"):
-        torch.ops.lvtp_cpp.select_tokens(tokens.cuda(), ent.cuda(), None, 0.5, 1, 0.5, "low", 4, 3, "uniform")
+        compiled_select(tokens.cuda(), ent.cuda(), None, 0.5, 1, 0.5, "low", 4, 3, "uniform")
 
 
 @needs_cpp
@@ -393,15 +383,15 @@ def test_select_tokens_batch_smaller_than_threads(n_tok, c, allocation):
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(2)
-        pair = torch.ops.lvtp_cpp.select_tokens(tokens, ent, edge, *args)  # B = 2 >= threads: per image
+        pair = compiled_select(tokens, ent, edge, *args)  # B = 2 >= threads: per image
         outs = []
         for th in (2, 1):
             torch.set_num_threads(th)
-            outs.append([torch.ops.lvtp_cpp.select_tokens(tokens[i:i + 1], ent[i:i + 1], edge[i:i + 1], *args)
+            outs.append([compiled_select(tokens[i:i + 1], ent[i:i + 1], edge[i:i + 1], *args)
                          for i in range(2)])
     finally:
         torch.set_num_threads(threads)
-    want = ref.select_tokens(tokens, ent, edge, *args)
+    want = ref.select(tokens, ent, edge, *args)
     for one in outs:
         for t in range(3):
             got = torch.cat([one[0][t], one[1][t]])
@@ -418,7 +408,7 @@ def test_select_nan_entropy_gives_well_formed_indices(allocation):
     tokens, ent, edge = _inputs(3, 2, 50, 12)
     ent[0, 5, 1] = float("nan")
     ent[1] = float("nan")
-    keep_idx, prune_idx, cluster_id = torch.ops.lvtp_cpp.select_tokens(tokens, ent, edge, 0.5, 1, 0.5, "low", 8, 3,
+    keep_idx, prune_idx, cluster_id = compiled_select(tokens, ent, edge, 0.5, 1, 0.5, "low", 8, 3,
                                                                       allocation)
     for b in range(2):
         kept, pruned = keep_idx[b].tolist(), prune_idx[b].tolist()

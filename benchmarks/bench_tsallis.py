@@ -1,11 +1,11 @@
 """Benchmark of the Triton ``tsallis_entropy`` kernel against python_ref (eager) and
 ``torch.compile(python_ref.tsallis_entropy)``.
 
-    python -m benchmarks.bench_entropy [--quick] [--csv PATH] [--no-compile]
+    python -m benchmarks.bench_tsallis [--quick] [--csv PATH] [--no-compile]
 
 Runs on CUDA when available, else on the CPU with tiny shapes (the Triton column then
 needs TRITON_INTERPRET=1, and is skipped otherwise). The kernel is timed through its
-launcher (``lvtp_kernels.ops.tsallis.tsallis_entropy``), without the op's input
+launcher (``lvtp_kernels.ops.tsallis_triton.tsallis_entropy``), without the op's input
 validation. The memory floor is one read of the attention map plus the output write.
 torch.compile is timed for the first shape and dtype only (compilation is slow), and
 not at all by ``--quick`` on the CPU.
@@ -17,9 +17,9 @@ from typing import List
 
 import torch
 
-from benchmarks import common
+from lvtp_kernels.app import microbench as common
 from lvtp_kernels.ops import _common
-from lvtp_kernels.ops import tsallis as triton_tsallis
+from lvtp_kernels.ops import tsallis_triton as triton_tsallis
 from python_ref import ops as ref
 
 QS = [0.5, 1.0, 2.0, 3.0]
@@ -37,19 +37,10 @@ def bench(shapes, dtypes, device, use_compile: bool, repeats: int) -> List[dict]
     for i, (b, h, n) in enumerate(shapes):
         for j, dtype in enumerate(dtypes):
             attn = make_attn(b, h, n, dtype, device)
-            want = ref.tsallis_entropy(attn, QS)
-            ref_ms = common.time_ms(lambda: ref.tsallis_entropy(attn, QS), device, repeats=repeats, max_s=1.0)
-            compile_ms = common.compiled_ms(ref.tsallis_entropy, (attn, QS), device, use_compile and i == j == 0, repeats)
             floor = attn.numel() * attn.element_size() + b * n * len(QS) * 4
-            shape = f"B={b} H={h} N={n} Q={len(QS)}"
-            if triton_ok:
-                got = triton_tsallis.tsallis_entropy(attn, QS)
-                ours_ms = common.time_ms(lambda: triton_tsallis.tsallis_entropy(attn, QS), device, repeats=repeats)
-                r = common.row(shape, dtype, ref_ms, compile_ms, ours_ms, floor, device)
-                r["max_err"] = f"{(got - want).abs().max().item():.1e}"
-            else:
-                r = common.missing_row(shape, dtype, ref_ms, compile_ms, max_err=None)
-            rows.append(r)
+            rows.append(common.compare(f"B={b} H={h} N={n} Q={len(QS)}", dtype, ref.tsallis_entropy,
+                                       triton_tsallis.tsallis_entropy, (attn, QS), floor, device, repeats,
+                                       use_compile and i == j == 0, triton_ok))
     return rows
 
 

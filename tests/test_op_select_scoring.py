@@ -1,5 +1,5 @@
-"""The CPU scoring kernels (csrc/lvtp_cpu_fused.cpp: lvtp_cpp::attention_entropy and
-lvtp_cpp::patch_edge_energy), the "cpp" backend of the public ops on CPU tensors, against
+"""The CPU scoring kernels (csrc/attention_cpu.cpp and csrc/edge_cpu.cpp: lvtp_kernels._C.attention_entropy and
+patch_edge_energy), the "cpp" backend of the public ops on CPU tensors, against
 python_ref: fp32/fp64 to rounding, fp16/bf16 by the flash-attention rule."""
 
 import pytest
@@ -8,6 +8,7 @@ import torch
 import python_ref
 from lvtp_kernels import registry
 from tests.ext_marks import needs_cpp
+from ext_marks import opcheck_compiled, compiled  # noqa: E402
 
 pytestmark = needs_cpp
 
@@ -32,7 +33,7 @@ def test_attention_entropy_fp32_fp64(n, h, gen):
     b, d = (2, 16) if n > 500 else (2, 32)
     for dtype, tol in ((torch.float32, 2e-6), (torch.float64, 1e-12)):
         q, k, v = _qkv(b, h, n, d, dtype, gen)
-        out, ent = torch.ops.lvtp_cpp.attention_entropy(q, k, v, QS, d**-0.5)
+        out, ent = compiled("attention_entropy")(q, k, v, QS, d**-0.5)
         ref_out, ref_ent = python_ref.attention_entropy(q, k, v, QS, d**-0.5)
         assert out.dtype == dtype and ent.dtype == torch.float32 and ent.shape == (b, n, len(QS))
         if dtype == torch.float64:
@@ -51,7 +52,7 @@ def test_attention_entropy_fp32_fp64(n, h, gen):
 def test_attention_entropy_low_precision_flash_rule(dtype, n, gen):
     b, h, d = 2, 3, 32
     q, k, v = _qkv(b, h, n, d, dtype, gen)
-    out, ent = torch.ops.lvtp_cpp.attention_entropy(q, k, v, QS, d**-0.5)
+    out, ent = compiled("attention_entropy")(q, k, v, QS, d**-0.5)
     gold_out, gold_ent = python_ref.attention_entropy(q.double(), k.double(), v.double(), QS, d**-0.5)
     lp_out, lp_ent = python_ref.attention_entropy(q, k, v, QS, d**-0.5)  # the same PyTorch code in fp32 accumulation
     assert out.dtype == dtype
@@ -62,7 +63,7 @@ def test_attention_entropy_low_precision_flash_rule(dtype, n, gen):
 def test_attention_entropy_general_and_near_one_orders(gen):
     q, k, v = _qkv(2, 3, 77, 16, torch.float32, gen, layout="bhnd")
     qs = [0.05, 0.8, 0.999, 1.2, 1.7, 4.5]
-    _, ent = torch.ops.lvtp_cpp.attention_entropy(q, k, v, qs, 0.3)
+    _, ent = compiled("attention_entropy")(q, k, v, qs, 0.3)
     _, gold = python_ref.attention_entropy(q.double(), k.double(), v.double(), qs, 0.3)
     _, ref32 = python_ref.attention_entropy(q, k, v, qs, 0.3)
     # near q = 1 the normaliser 1 - N^(1-q) is ~1e-3: fp32 rounding is amplified alike in both
@@ -74,10 +75,10 @@ def test_attention_entropy_peaked_and_uniform_rows():
     q = torch.zeros(1, 1, n, d)
     k = torch.randn(1, 1, n, d)
     v = torch.randn(1, 1, n, d)
-    _, ent = torch.ops.lvtp_cpp.attention_entropy(q, k, v, QS, 1.0)  # q = 0: uniform rows
+    _, ent = compiled("attention_entropy")(q, k, v, QS, 1.0)  # q = 0: uniform rows
     torch.testing.assert_close(ent, torch.ones(1, n, len(QS)), rtol=0, atol=1e-6)
     eye = torch.eye(32)[None, None]  # logit 1e4 on the diagonal, 0 elsewhere: one-hot rows
-    _, ent = torch.ops.lvtp_cpp.attention_entropy(eye * 1e4, eye, eye, QS, 1.0)
+    _, ent = compiled("attention_entropy")(eye * 1e4, eye, eye, QS, 1.0)
     assert torch.isfinite(ent).all() and ent.abs().max() < 1e-6
 
 
@@ -86,7 +87,7 @@ def test_attention_entropy_peaked_and_uniform_rows():
 def test_patch_edge_energy(hw, dtype, gen):
     patch = 16 if min(hw) >= 16 else 4
     img = torch.rand(3, 3, *hw, generator=gen).to(dtype)
-    got = torch.ops.lvtp_cpp.patch_edge_energy(img, patch)
+    got = compiled("patch_edge_energy")(img, patch)
     want = python_ref.patch_edge_energy(img, patch)
     assert got.dtype == torch.float32 and got.shape == want.shape
     assert _err(got, want) <= (1e-12 if dtype == torch.float64 else 1e-6)
@@ -96,7 +97,7 @@ def test_patch_edge_energy_strided_view(gen):
     base = torch.rand(2, 70, 90, 3, generator=gen)
     img = base.permute(0, 3, 1, 2)[:, :, 3:67, 5:85]  # channels-last storage, a crop
     assert not img.is_contiguous()
-    torch.testing.assert_close(torch.ops.lvtp_cpp.patch_edge_energy(img, 16), python_ref.patch_edge_energy(img, 16),
+    torch.testing.assert_close(compiled("patch_edge_energy")(img, 16), python_ref.patch_edge_energy(img, 16),
                                rtol=0, atol=1e-6)
 
 
@@ -113,20 +114,20 @@ def test_public_ops_use_the_cpp_backend_on_cpu(gen, monkeypatch):
 
 def test_opcheck(gen):
     q, k, v = _qkv(1, 2, 9, 8, torch.float32, gen, layout="bhnd")
-    torch.library.opcheck(torch.ops.lvtp_cpp.attention_entropy, (q, k, v, QS, 0.5))
-    torch.library.opcheck(torch.ops.lvtp_cpp.patch_edge_energy, (torch.rand(1, 3, 32, 48, generator=gen), 16))
+    opcheck_compiled("attention_entropy", (q, k, v, QS, 0.5))
+    opcheck_compiled("patch_edge_energy", (torch.rand(1, 3, 32, 48, generator=gen), 16))
 
 
 def test_raw_ops_reject_bad_shapes():
     with pytest.raises(RuntimeError, match="4-D"):
-        torch.ops.lvtp_cpp.attention_entropy(torch.randn(2, 3, 4), torch.randn(2, 3, 4), torch.randn(2, 3, 4), QS, 1.0)
+        compiled("attention_entropy")(torch.randn(2, 3, 4), torch.randn(2, 3, 4), torch.randn(2, 3, 4), QS, 1.0)
     with pytest.raises(RuntimeError, match="qs is empty"):
         x = torch.randn(1, 1, 3, 4)
-        torch.ops.lvtp_cpp.attention_entropy(x, x, x, [], 1.0)
+        compiled("attention_entropy")(x, x, x, [], 1.0)
     with pytest.raises(RuntimeError, match="patch must be"):
-        torch.ops.lvtp_cpp.patch_edge_energy(torch.rand(1, 3, 8, 8), 16)
+        compiled("patch_edge_energy")(torch.rand(1, 3, 8, 8), 16)
     with pytest.raises(RuntimeError, match=r"\(B, 3, H, W\)"):
-        torch.ops.lvtp_cpp.patch_edge_energy(torch.rand(1, 4, 8, 8), 4)
+        compiled("patch_edge_energy")(torch.rand(1, 4, 8, 8), 4)
 
 
 # --------------------------------------------------------------------------- reconstruct_stage
@@ -145,7 +146,7 @@ def _stage(b, n, k, c, dtype, gen, p=1):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
 def test_reconstruct_nearest_bit_identical(n, k, dtype, gen):
     full, x, keep, prune, cid = _stage(2, n, k, 24, dtype, gen)
-    got = torch.ops.lvtp_cpp.reconstruct_nearest(full, x, keep, prune, cid)
+    got = compiled("reconstruct_nearest")(full, x, keep, prune, cid)
     want = python_ref.reconstruct_stage(full, x, keep, prune, cid, 4, "nearest")
     assert got.dtype == want.dtype and torch.equal(got, want)
 
@@ -153,7 +154,7 @@ def test_reconstruct_nearest_bit_identical(n, k, dtype, gen):
 def test_reconstruct_nearest_strided_and_int32(gen):
     full, x, keep, prune, cid = _stage(3, 60, 25, 16, torch.float32, gen)
     xt = x.transpose(0, 1).contiguous().transpose(0, 1)  # same values, other strides
-    got = torch.ops.lvtp_cpp.reconstruct_nearest(full, xt, keep.int(), prune.int(), cid)
+    got = compiled("reconstruct_nearest")(full, xt, keep.int(), prune.int(), cid)
     assert torch.equal(got, python_ref.reconstruct_stage(full, x, keep, prune, cid, 4, "nearest"))
 
 
@@ -168,7 +169,7 @@ def test_reconstruct_public_op_uses_cpp_for_nearest_only(gen, monkeypatch):
 
 def test_reconstruct_nearest_opcheck(gen):
     full, x, keep, prune, cid = _stage(1, 12, 5, 4, torch.float32, gen)
-    torch.library.opcheck(torch.ops.lvtp_cpp.reconstruct_nearest, (full, x, keep, prune, cid))
+    opcheck_compiled("reconstruct_stage", (full, x, keep, prune, cid, int(cid.max()) + 1, "nearest"))
 
 
 def test_ops_run_under_inference_mode(gen):
@@ -176,9 +177,9 @@ def test_ops_run_under_inference_mode(gen):
     q, k, v = _qkv(2, 3, 40, 8, torch.float32, gen)
     full, x, keep, prune, cid = _stage(2, 40, 15, 8, torch.float32, gen)
     with torch.inference_mode():
-        out, ent = torch.ops.lvtp_cpp.attention_entropy(q, k, v, QS, 0.3)
-        rec = torch.ops.lvtp_cpp.reconstruct_nearest(full, x, keep, prune, cid)
-        e = torch.ops.lvtp_cpp.patch_edge_energy(torch.rand(2, 3, 32, 32, generator=gen), 16)
+        out, ent = compiled("attention_entropy")(q, k, v, QS, 0.3)
+        rec = compiled("reconstruct_nearest")(full, x, keep, prune, cid)
+        e = compiled("patch_edge_energy")(torch.rand(2, 3, 32, 32, generator=gen), 16)
     torch.testing.assert_close(out, python_ref.attention_entropy(q, k, v, QS, 0.3)[0])
     assert rec.shape == (2, 40, 8) and e.shape == (2, 4) and ent.shape == (2, 40, 4)
 
@@ -189,21 +190,21 @@ def test_gather_tokens_exact(dtype, n, k, c, gen):
     x = torch.randn(2, n, c, generator=gen).to(dtype)
     idx = torch.stack([torch.sort(torch.randperm(n, generator=gen)[:k]).values for _ in range(2)])
     for i in (idx, idx.int()):
-        assert torch.equal(torch.ops.lvtp_cpp.gather_tokens(x, i), python_ref.gather_tokens(x, idx))
+        assert torch.equal(compiled("gather_tokens")(x, i), python_ref.gather_tokens(x, idx))
     xt = x.transpose(1, 2).contiguous().transpose(1, 2)  # strided input
-    assert torch.equal(torch.ops.lvtp_cpp.gather_tokens(xt, idx), python_ref.gather_tokens(x, idx))
+    assert torch.equal(compiled("gather_tokens")(xt, idx), python_ref.gather_tokens(x, idx))
 
 
 def test_gather_tokens_rejects_out_of_range():
     with pytest.raises(RuntimeError, match="out of range"):
-        torch.ops.lvtp_cpp.gather_tokens(torch.randn(1, 4, 2), torch.tensor([[0, 4]]))
+        compiled("gather_tokens")(torch.randn(1, 4, 2), torch.tensor([[0, 4]]))
 
 
 def test_reconstruct_nearest_rejects_bad_shapes(gen):
     full, x, keep, prune, cid = _stage(1, 12, 5, 4, torch.float32, gen)
     with pytest.raises(RuntimeError, match="shapes disagree"):
-        torch.ops.lvtp_cpp.reconstruct_nearest(full, x, keep, prune[:, :-1], cid)
+        compiled("reconstruct_nearest")(full, x, keep, prune[:, :-1], cid)
     with pytest.raises(RuntimeError, match="full \\(B, K, C\\)"):
-        torch.ops.lvtp_cpp.reconstruct_nearest(full[0], x, keep, prune, cid)
+        compiled("reconstruct_nearest")(full[0], x, keep, prune, cid)
     with pytest.raises(RuntimeError, match="needs a kept token"):
-        torch.ops.lvtp_cpp.reconstruct_nearest(full[:, :0], x, keep[:, :0], torch.arange(12)[None], cid)
+        compiled("reconstruct_nearest")(full[:, :0], x, keep[:, :0], torch.arange(12)[None], cid)

@@ -2,7 +2,7 @@
 kernels against python_ref (eager), ``torch.compile`` of the reference, and plain
 PyTorch (``torch.gather``; ``clone`` + ``scatter_``, i.e. index_copy_ per row).
 
-    python -m benchmarks.bench_gather_scatter [--quick] [--csv PATH] [--no-compile]
+    python -m benchmarks.bench_tokens [--quick] [--csv PATH] [--no-compile]
 
 Runs on CUDA when available, else on the CPU with tiny shapes (the Triton column then
 needs TRITON_INTERPRET=1, and is skipped otherwise). Kernels are timed through their
@@ -21,9 +21,9 @@ from typing import List
 
 import torch
 
-from benchmarks import common
+from lvtp_kernels.app import microbench as common
 from lvtp_kernels.ops import _common
-from lvtp_kernels.ops import gather_scatter as gs
+from lvtp_kernels.ops import tokens_triton as gs
 from python_ref import ops as ref
 from python_ref import pipeline
 
@@ -102,22 +102,17 @@ def bench(shapes, dtypes, device, use_compile: bool, repeats: int) -> List[dict]
                 t(lambda: torch_scatter(x_stage, full, keep)), lambda: gs.scatter_tokens(x_stage, full, keep),
                 lambda: torch.equal(gs.scatter_tokens(x_stage, full, keep), ref.scatter_tokens(x_stage, full, keep)),
                 2 * b * n * c * e + keep.numel() * 8, device, repeats, triton_ok))
-            # reconstruct_stage, residual mode
-            args = (full, x_stage, keep, prune, cid, CLUSTERS, "residual")
-            rows.append(_row(
-                "reconstruct", shape, dtype, t(lambda: pipeline.reconstruct_stage(*args)),
-                common.compiled_ms(pipeline.reconstruct_stage, args, device, comp, repeats),
-                None, lambda: gs.reconstruct_stage(*args),
-                lambda: _same_reconstruction(gs.reconstruct_stage(*args), pipeline.reconstruct_stage(*args)),
-                (b * k * c + 2 * b * n * c) * e + b * n * 12, device, repeats, triton_ok))
-            # reconstruct_stage, nearest mode (similarity matmul + argmax in torch, one Triton pass)
-            args_n = args[:-1] + ("nearest",)
-            rows.append(_row(
-                "reconstruct nearest", shape, dtype, t(lambda: pipeline.reconstruct_stage(*args_n)),
-                common.compiled_ms(pipeline.reconstruct_stage, args_n, device, comp, repeats),
-                None, lambda: gs.reconstruct_stage(*args_n),
-                lambda: _same_reconstruction(gs.reconstruct_stage(*args_n), pipeline.reconstruct_stage(*args_n)),
-                (b * k * c + 2 * b * n * c) * e + b * n * 12, device, repeats, triton_ok))
+            # reconstruct_stage: residual mode, and nearest (similarity matmul + argmax in torch,
+            # one Triton pass)
+            for mode in ("residual", "nearest"):
+                a = (full, x_stage, keep, prune, cid, CLUSTERS, mode)
+                rows.append(_row(
+                    "reconstruct" + ("" if mode == "residual" else f" {mode}"), shape, dtype,
+                    t(lambda: pipeline.reconstruct_stage(*a)),
+                    common.compiled_ms(pipeline.reconstruct_stage, a, device, comp, repeats),
+                    None, lambda: gs.reconstruct_stage(*a),
+                    lambda: _same_reconstruction(gs.reconstruct_stage(*a), pipeline.reconstruct_stage(*a)),
+                    (b * k * c + 2 * b * n * c) * e + b * n * 12, device, repeats, triton_ok))
     return rows
 
 

@@ -1,4 +1,4 @@
-"""Triton ``patch_edge_energy`` (lvtp_kernels/ops/edge.py) against python_ref.
+"""Triton ``patch_edge_energy`` (lvtp_kernels/ops/edge_triton.py) against python_ref.
 
 Runs the real kernels on CPU tensors through Triton's interpreter (TRITON_INTERPRET=1,
 set by conftest.py), called through ``torch.ops.lvtp`` with ``LVTP_IMPL=triton``.
@@ -9,18 +9,15 @@ twice the error of the same math run in the low precision, plus 1e-6).
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import textwrap
 
 import pytest
 import torch
 
-import lvtp_kernels.ops.edge  # noqa: F401  (registers the triton backend)
-from lvtp_kernels import registry
+import lvtp_kernels  # noqa: F401  (defines torch.ops.lvtp.*)
 from python_ref import ops as ref
 from lvtp_kernels.ops._common import interpreting  # noqa: E402
+from triton_compile import compile_for_hopper  # noqa: E402
+from ext_marks import use_triton  # noqa: E402
 
 # CPU tensors through the Triton interpreter; on a GPU machine tests/test_gpu_kernels.py runs
 # the compiled kernels against the reference instead.
@@ -30,10 +27,7 @@ OP = "patch_edge_energy"
 LOW = (torch.float16, torch.bfloat16)
 
 
-@pytest.fixture(autouse=True)
-def _triton_backend(monkeypatch):
-    monkeypatch.setenv("LVTP_IMPL", "triton")
-    assert registry.choose_backend(OP, "cpu") == "triton"
+_triton_backend = pytest.fixture(autouse=True, name="_triton_backend")(lambda monkeypatch: use_triton(monkeypatch, OP))
 
 
 def _op(image, patch):
@@ -161,17 +155,10 @@ def test_non_contiguous_views(gen, dtype):
 def test_compiles_for_hopper():
     """The kernels compile for sm_90 (offline: Triton's own ptxas, no GPU needed)."""
     pytest.importorskip("triton.backends.nvidia")
-    script = textwrap.dedent(
+    compile_for_hopper(
         """
-        import triton, triton.language as tl
-        from triton.backends.compiler import GPUTarget
-        from lvtp_kernels.ops import edge as E
+        from lvtp_kernels.ops import edge_triton as E
 
-        def comp(fn, sig, consts):
-            sig = dict(sig, **{k: "constexpr" for k in consts})
-            src = triton.compiler.ASTSource(fn=fn, signature=sig,
-                                            constexprs={(fn.arg_names.index(k),): v for k, v in consts.items()})
-            assert "cubin" in triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4}).asm
 
         for dt, acc in (("bf16", tl.float32), ("fp64", tl.float64)):
             e = "*fp64" if dt == "fp64" else "*fp32"
@@ -182,9 +169,3 @@ def test_compiles_for_hopper():
                  dict(ACC=acc, BLOCK=1024, L_LOOP=-1))
         """
     )
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    res = subprocess.run(
-        [sys.executable, "-c", script], cwd=root, env=env, capture_output=True, text=True, timeout=300, check=False
-    )
-    assert res.returncode == 0, res.stderr[-3000:]

@@ -1,0 +1,208 @@
+"""The patch engine: what every patched model family shares (the package's ViT in
+models/patching.py, timm and Hugging Face models in lvtp_kernels.adapters).
+
+* ``LVTPState``: the options and schedule of a patched model, shared by all its stages;
+* ``pruned_blocks``: the one pruned block loop (spec steps 1-7) with the full token maps
+  of intermediate layers; ``prune_step`` / ``stage_edge`` / ``finish`` its parts;
+* ``reconstruct``: spec step 7, one ``lvtp.reconstruct_stage`` per stage;
+* ``make_patched_class``: ``mixin`` over a model class, made once and published by name.
+
+All of it runs inside ``registry.trusted_inputs()``: the tensors come from the model's own
+blocks and from lvtp ops, so the ops' data checks (a device sync each on a GPU) are skipped.
+
+Intermediate layers (timm ``forward_intermediates``, transformers ``hidden_states`` and
+backbone ``feature_maps``): the full token map after block ``L`` is rebuilt from the
+tokens active after block ``L`` (after its pruning when ``L`` is a stage) with the
+reconstruction of every stage at or before ``L`` (last stage first, the model's
+``reconstruct`` mode); stages after ``L`` do not apply. Before the first stage this is
+the block's own output; after the last block it is exactly what the final map is.
+"""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from dataclasses import dataclass, field
+from typing import Callable, Collection, Dict, List, Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from python_ref.ops import DEFAULT_QS
+from python_ref.pipeline import RECONSTRUCT_MODES, StageRecord
+
+# The spec's defaults for every option of the method (spec steps 1-7).
+SPEC_DEFAULTS: Dict[str, object] = dict(
+    qs=DEFAULT_QS, alpha=0.5, entropy_mode="low", clusters=8, iters=10, use_edge=True, reconstruct="residual",
+    weights="dynamic", allocation="ranked",
+)
+# The package's defaults: the spec's, except where the CamVid val ablation
+# (docs/results.md) measured a better choice; every spec choice stays selectable.
+DEFAULTS: Dict[str, object] = dict(
+    SPEC_DEFAULTS, alpha=0.3, entropy_mode="high", allocation="proportional", reconstruct="nearest", iters=3
+)
+
+
+@dataclass
+class LVTPState:
+    """Everything a patched model's forward needs, shared by all its stages."""
+
+    schedule: List[Tuple[int, float]]  # as given, sorted by layer
+    stages: Dict[int, float]  # the stages that prune (keep_ratio < 1.0)
+    qs: Tuple[float, ...] = DEFAULT_QS
+    alpha: float = 0.5
+    entropy_mode: str = "low"
+    clusters: int = 8
+    iters: int = 10
+    use_edge: bool = True
+    reconstruct: str = "residual"
+    weights: str = "dynamic"  # "dynamic" (spec step 2) or "equal" (mean of the orders, an ablation)
+    allocation: str = "ranked"  # "ranked" (spec step 5.3) or "proportional" (per-cluster budget shares)
+    keep_records: bool = False  # keep the last forward's stage records (see last_records)
+    last_records: List[StageRecord] = field(default_factory=list)
+
+
+def reconstruct(x_final: Tensor, records: Sequence[StageRecord], mode: str, clusters: int) -> Tensor:
+    """Spec step 7: one ``torch.ops.lvtp.reconstruct_stage`` per stage, from the last to
+    the first (python_ref.pipeline.reconstruct is the loop reference).
+
+    Per stage the kept tokens' residuals ``x_j(final) - x_j(s)`` are averaged per cluster
+    in fp32 or wider (``clusters`` bounds the cluster ids) and added to the pruned tokens
+    of the same cluster; a cluster without a kept token adds nothing (frozen).
+    """
+    if mode not in RECONSTRUCT_MODES:
+        raise ValueError(f"reconstruct: mode must be one of {RECONSTRUCT_MODES}, got {mode!r}")
+    full = x_final
+    for rec in reversed(records):
+        full = torch.ops.lvtp.reconstruct_stage(
+            full, rec.x_at_stage.to(full.dtype), rec.keep_idx, rec.prune_idx, rec.cluster_id, clusters, mode
+        )
+    return full
+
+
+# ---------------------------------------------------------------------- the engine
+# What every patched model family shares (the package's ViT here, timm and Hugging Face
+# models in lvtp_kernels.adapters): the edge term, one pruning step per stage, and the
+# reconstruction at the end. All of it runs inside registry.trusted_inputs(): the tensors
+# come from the model's own blocks and from lvtp ops, so the ops' data checks (a device
+# sync each on a GPU) are skipped.
+
+
+def stage_edge(st: LVTPState, image: Optional[Tensor], patch_size: int, num_prefix: int) -> Optional[Tensor]:
+    """The per-token edge energy (B, P + patches) of the input, or None when the edge term
+    has no weight (``use_edge=False`` or ``alpha == 1``) or there is no image."""
+    if image is None or not st.use_edge or st.alpha >= 1.0:
+        return None
+    e = torch.ops.lvtp.patch_edge_energy(image, patch_size)
+    return torch.cat([e.new_zeros(e.shape[0], num_prefix), e], dim=1) if num_prefix else e
+
+
+def prune_step(
+    st: LVTPState, layer: int, x: Tensor, ent: Tensor, edge: Optional[Tensor], num_prefix: int,
+    records: List[StageRecord],
+) -> Tuple[Tensor, Optional[Tensor]]:
+    """Spec steps 2-6 at stage ``layer``: select on (x, ent, edge), keep the kept tokens,
+    record the stage for the reconstruction. Returns the kept tokens and their edge."""
+    if st.weights == "equal":  # one averaged order, whose dynamic weight is 1 (an ablation)
+        ent = ent.mean(dim=-1, keepdim=True)
+    r = st.stages[layer]
+    if st.allocation == "ranked":
+        keep_idx, prune_idx, cluster_id = torch.ops.lvtp.select(
+            x, ent, edge, r, num_prefix, st.alpha, st.entropy_mode, st.clusters, st.iters
+        )
+    else:
+        keep_idx, prune_idx, cluster_id = torch.ops.lvtp.select(
+            x, ent, edge, r, num_prefix, st.alpha, st.entropy_mode, st.clusters, st.iters, st.allocation
+        )
+    kept = torch.ops.lvtp.gather_tokens(x, keep_idx)
+    records.append(StageRecord(layer, x, keep_idx, prune_idx, cluster_id))
+    if edge is not None:
+        edge = torch.ops.lvtp.gather_tokens(edge[..., None], keep_idx)[..., 0]
+    return kept, edge
+
+
+def finish(st: LVTPState, x: Tensor, records: List[StageRecord]) -> Tensor:
+    """Spec step 7: the full token map back from the last stage's tokens."""
+    if st.keep_records:
+        st.last_records = records
+    return reconstruct(x, records, st.reconstruct, st.clusters)
+
+
+def warn_if_grad(x: Tensor) -> None:
+    if torch.is_grad_enabled() and x.requires_grad:
+        warnings.warn(
+            "an LVTP-patched model runs its pruned blocks without gradients (inference only); "
+            "call it under torch.no_grad() or torch.inference_mode()",
+            stacklevel=4,
+        )
+
+
+class _LVTPMixin:
+    """The base of every patched class (``is_patched``); ``_lvtp`` holds its LVTPState."""
+
+    _lvtp: LVTPState
+
+
+def attention_entropy(q: Tensor, k: Tensor, v: Tensor, qs: Sequence[float], scale: float) -> Tuple[Tensor, Tensor]:
+    """(B, H, N, D) q, k, v -> attention output (B, H, N, D) and the per-token entropies
+    (B, N, len(qs)) from ``torch.ops.lvtp.attention_entropy`` (no N x N map is kept)."""
+    return torch.ops.lvtp.attention_entropy(q, k, v, [float(t) for t in qs], float(scale))
+
+
+def edge_for(st: LVTPState, image: Optional[Tensor], patch_size: Optional[int], tokens: Tensor, num_prefix: int):
+    """The edge energy of ``image`` per token, or None when there is no edge term or the
+    image cannot give one for these tokens (not 3 channels, no single square patch size,
+    or a patch grid that is not the token grid, e.g. a padded or unusual stem)."""
+    if image is None or patch_size is None or image.dim() != 4 or image.shape[1] != 3:
+        return None
+    if image.shape[-2] // patch_size * (image.shape[-1] // patch_size) + num_prefix != tokens.shape[1]:
+        return None
+    return stage_edge(st, image, patch_size, num_prefix)
+
+
+def pruned_blocks(
+    st: LVTPState,
+    blocks: Sequence[nn.Module],
+    x: Tensor,
+    image: Optional[Tensor],
+    patch_size: Optional[int],
+    num_prefix: int,
+    block_entropy: Callable[[nn.Module, Tensor, Sequence[float]], Tuple[Tensor, Tensor]],
+    run_block: Callable[[nn.Module, Tensor], Tensor],
+    take: Collection[int] = (),
+) -> Tuple[Tensor, Dict[int, Tensor]]:
+    """Spec steps 1-7 over ``blocks``: blocks that are not a stage run as they are
+    (``run_block``), a stage block runs ``block_entropy`` and prunes after it. Returns the
+    full token map after the last of ``blocks`` and ``{i: full token map after block i}``
+    for each ``i`` in ``take`` (the module docstring's rule: the reconstruction of the
+    stages up to ``i``). Call inside ``torch.no_grad()`` and ``trusted_inputs()``."""
+    edge = edge_for(st, image, patch_size, x, num_prefix)
+    records: List[StageRecord] = []
+    inter: Dict[int, Tensor] = {}
+    last = len(blocks) - 1
+    for i, blk in enumerate(blocks):
+        if i in st.stages:
+            x, ent = block_entropy(blk, x, st.qs)
+            x, edge = prune_step(st, i, x, ent, edge, num_prefix, records)
+        else:
+            x = run_block(blk, x)
+        if i in take and i != last:
+            inter[i] = reconstruct(x, records, st.reconstruct, st.clusters)
+    full = finish(st, x, records)
+    if last in take:
+        inter[last] = full
+    return full, inter
+
+
+def make_patched_class(cls: type, mixin: type, module_name: str, registry: Dict[type, type],
+                       name: Optional[str] = None) -> type:
+    """``name`` (default ``LVTP_<module>_<class>``): ``mixin`` over ``cls``, made once per
+    class and published in ``module_name``, so that tracebacks, reprs and pickle find it
+    by name."""
+    if cls not in registry:
+        name = name or f"LVTP_{cls.__module__.replace('.', '_')}_{cls.__qualname__.replace('.', '_')}"
+        patched = type(name, (mixin, cls), {"_lvtp_original_class": cls, "__module__": module_name})
+        patched.__qualname__ = name
+        setattr(sys.modules[module_name], name, patched)
+        registry[cls] = patched
+    return registry[cls]
