@@ -21,5 +21,5 @@ args=(--data "$DATA" --split "seq:$SEQ" --model "$RUN/model.safetensors" --no-pr
 "$PY" -m lvtp_kernels eval "${args[@]}" --reductions 0.2,0.3,0.45 \
   --methods lvtp,lvtp-spec,evit,tome,tome-every-layer,random --json "$RESULTS/heldout_${SEQ}_methods.json"
 [ "${ABLATIONS:-1}" = 1 ] && "$PY" -m lvtp_kernels eval "${args[@]}" --reductions 0.3,0.45 \
-  --methods lvtp,lvtp-ranked,lvtp-residual,lvtp-low,lvtp-no-edge,lvtp-edge-only,lvtp-entropy-only,lvtp-no-cluster,random \
+  --methods lvtp,lvtp-ranked,lvtp-residual,lvtp-frozen,lvtp-low,lvtp-no-edge,lvtp-edge-only,lvtp-entropy-only,lvtp-no-cluster,random \
   --json "$RESULTS/heldout_${SEQ}_ablations.json"
