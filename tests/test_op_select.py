@@ -435,3 +435,17 @@ def test_prune_defaults_and_other_orders():
     for a, b in zip(got[1:], want):
         assert torch.equal(a, b)
     assert torch.equal(got[0], torch.ops.lvtp.gather_tokens(tokens, got[1]))
+
+
+def test_select_tokens_alias_warns_and_is_select():
+    """The 0.1 op select_tokens lives on one release as a deprecated Python alias."""
+    import lvtp_kernels.ops as lops
+    import python_ref
+
+    g = torch.Generator().manual_seed(0)
+    tokens, ent = torch.randn(2, 30, 8, generator=g), torch.rand(2, 30, 4, generator=g)
+    args = (tokens, ent, None, 0.5, 1, 0.5, "low", 4, 3, "proportional")
+    with pytest.warns(DeprecationWarning, match="select_tokens"):
+        got = lops.select_tokens(*args)
+    for a, b in zip(got, python_ref.select(*args)):
+        assert torch.equal(a, b)
