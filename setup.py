@@ -91,7 +91,7 @@ def _extensions():
     ldflags = ["-fopenmp"] if sys.platform.startswith("linux") else []
     common = dict(include_dirs=[os.path.join(HERE, CSRC)])
     # kernels first (the largest TU, select_cpu.cpp, starts first under MAX_JOBS), bindings last
-    cpu_sources = [f"{CSRC}/{name}.cpp" for name in ("select_cpu", "attention_cpu", "edge_cpu", "tokens_cpu", "bind_cpu")]
+    cpu_sources = [f"{CSRC}/{name}.cpp" for name in ("select_cpu", "select_fast_cpu", "attention_cpu", "edge_cpu", "tokens_cpu", "bind_cpu")]
     exts = [
         cpp_extension.CppExtension(
             "lvtp_kernels._C", cpu_sources, extra_compile_args={"cxx": cxx}, extra_link_args=ldflags, **common
@@ -116,7 +116,7 @@ def _extensions():
             exts.append(
                 cpp_extension.CUDAExtension(
                     "lvtp_kernels._C_cuda",
-                    [f"{CSRC}/bind_cuda.cpp", f"{CSRC}/kmeans_cuda.cu", f"{CSRC}/select_cuda.cu"],
+                    [f"{CSRC}/bind_cuda.cpp", f"{CSRC}/kmeans_cuda.cu", f"{CSRC}/select_cuda.cu", f"{CSRC}/select_fast_cuda.cu"],
                     extra_compile_args={"cxx": ["-O3", std], "nvcc": nvcc_flags},
                     include_dirs=[os.path.join(HERE, CSRC)] + _extra_cuda_includes(nvcc),
                 )

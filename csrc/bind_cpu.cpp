@@ -4,6 +4,9 @@
 //   kmeans(x, init, iters) -> (centroids, assign)                          select_cpu.cpp
 //   select(tokens, ent, edge, keep_ratio, num_protected, alpha, entropy_mode, clusters,
 //          iters, allocation) -> (keep_idx, prune_idx, cluster_id)          select_cpu.cpp
+//   select_fast(tokens, ent, edge, keep_ratio, num_protected, alpha, entropy_mode,
+//               clusters, iters, allocation, trace) -> [keep_idx, prune_idx, cluster_id, (trace)]
+//                                                                           select_fast_cpu.cpp
 //   attention_entropy(q, k, v, qs, scale) -> (out, ent)                    attention_cpu.cpp
 //   patch_edge_energy(image, patch) -> e                                    edge_cpu.cpp
 //   gather_tokens(x, idx) -> out                                            tokens_cpu.cpp
@@ -37,6 +40,10 @@ PYBIND11_MODULE(_C, m) {
   m.doc() = "lvtp compiled kernels (CPU): plain functions called by lvtp_kernels/_ext.py";
   const auto nogil = py::call_guard<py::gil_scoped_release>();
   lvtp_bind::def_clustering<&lvtp::kmeans_cpu, &lvtp::select_cpu>(m, "CPU");
+  m.def("select_fast", &BelowAutograd<&lvtp::select_fast_cpu>::call, py::arg("tokens"), py::arg("ent"),
+        py::arg("edge"), py::arg("keep_ratio"), py::arg("num_protected"), py::arg("alpha"), py::arg("entropy_mode"),
+        py::arg("clusters"), py::arg("iters"), py::arg("allocation"), py::arg("trace") = false, nogil,
+        "The fast selection (float32, python_ref.fast) -> [keep_idx, prune_idx, cluster_id] (+ the trace).");
   m.def("attention_entropy", &BelowAutograd<&lvtp::attention_entropy_cpu>::call, py::arg("q"), py::arg("k"),
         py::arg("v"), py::arg("qs"), py::arg("scale"), nogil,
         "Softmax attention (B, H, N, Dv) in q's dtype and the (B, N, len(qs)) float32 entropies.");

@@ -2,6 +2,7 @@
 //
 // Ops and where they live (one .cpp per op family):
 //   kmeans_cpu, select_cpu       csrc/select_cpu.cpp     spec steps 2, 4, 5 (+ the k-means of 5.1)
+//   select_fast_cpu              csrc/select_fast_cpu.cpp  the same in float32 (python_ref/fast.py)
 //   attention_entropy_cpu        csrc/attention_cpu.cpp  spec step 1
 //   patch_edge_energy_cpu        csrc/edge_cpu.cpp       spec step 3
 //   gather_tokens_cpu,
@@ -43,6 +44,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> select_cpu(const at::Tensor& toke
                                                           int64_t num_protected, double alpha,
                                                           const std::string& entropy_mode, int64_t clusters,
                                                           int64_t iters, const std::string& allocation);
+
+// The fast selection (python_ref.fast.select_fast): the arguments of select_cpu and trace.
+// -> [keep_idx, prune_idx, cluster_id] as select_cpu, and with trace the FastTrace fields
+//    [u, init_idx, centroids, assign, split, rep]. Float32 features; equal to
+//    python_ref.fast.select_fast except at near-ties.
+std::vector<at::Tensor> select_fast_cpu(const at::Tensor& tokens, const at::Tensor& ent,
+                                        const std::optional<at::Tensor>& edge, double keep_ratio,
+                                        int64_t num_protected, double alpha, const std::string& entropy_mode,
+                                        int64_t clusters, int64_t iters, const std::string& allocation, bool trace);
 
 // q, k (B, H, N, D), v (B, H, N, Dv), floating; qs non-empty Tsallis orders (1 = Shannon).
 // -> out (B, H, N, Dv) in q's dtype, ent (B, N, len(qs)) float32 (head-mean normalised).

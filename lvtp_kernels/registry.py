@@ -202,6 +202,39 @@ def backend_table(device_types: Sequence[str] = ("cpu", "cuda")) -> List[dict]:
     return rows
 
 
+class Kernels:
+    """The chosen backend callable of every op for one device type, each looked up once:
+    ``kernels("cuda").select(*args)`` calls the backend directly, with the op's arguments
+    in schema order (every one given, defaults included) and no checks. For callers on a
+    hot path whose inputs are already trusted (the patched models' forward)."""
+
+    def __init__(self, device_type: str):
+        self.device_type = device_type
+
+    def __getattr__(self, op: str) -> Callable:
+        if op.startswith("_") or op not in SPECS:
+            raise AttributeError(op)
+        fn = SPECS[op].backends[choose_backend(op, self.device_type, warn=False)].fn
+        setattr(self, op, fn)  # the next lookup is a plain attribute
+        return fn
+
+
+_GENERATION = [0]  # bumped when an op or backend is added: resolved tables go stale
+_RESOLVED: Dict[tuple, Kernels] = {}
+
+
+def kernels(device_type: str) -> Kernels:
+    """The resolved backends (:class:`Kernels`) for ``device_type`` under the current
+    ``LVTP_IMPL``: one environment read and one dict lookup per call; each op's backend is
+    chosen (availability probed) once per (device type, LVTP_IMPL, registry state)."""
+    key = (device_type, os.environ.get("LVTP_IMPL", ""), _GENERATION[0])
+    table = _RESOLVED.get(key)
+    if table is None:
+        requested_impl()  # a bad LVTP_IMPL raises here
+        table = _RESOLVED[key] = Kernels(device_type)
+    return table
+
+
 def run(op: str, device: torch.device, *args):
     """Run ``op``'s chosen backend on already-checked arguments (schema order)."""
     return _backends(op)[choose_backend(op, device.type)].fn(*args)
@@ -294,6 +327,7 @@ def define(spec: OpSpec) -> OpSpec:
     spec.defaults = tuple((a.name, a.has_default_value(), a.default_value) for a in parsed.arguments)
     SPECS[spec.name] = spec
     SCHEMAS[spec.name] = spec.schema
+    _GENERATION[0] += 1
 
     def full_args(args, kwargs):
         # The dispatcher drops trailing arguments equal to their schema default.
@@ -346,6 +380,7 @@ def register_backend(op: str, backend: str, fn: Callable, devices: Optional[Sequ
     if backend not in BACKENDS:
         raise ValueError(f"register_backend: unknown backend {backend!r}; backends are {BACKENDS}")
     SPECS[op].backends[backend] = Backend(fn, None if devices is None else tuple(devices), available)
+    _GENERATION[0] += 1
     for spec in SPECS.values():
         if op in spec.parts and getattr(spec.backends.get(backend), "composite", backend not in spec.backends):
             b = _composite_backend(spec, backend)

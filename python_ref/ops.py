@@ -17,6 +17,8 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
+from .rules import TIE_RTOL, budget  # noqa: F401 (part of this module's API)
+
 __all__ = [
     "tsallis_entropy",
     "attention_entropy",
@@ -35,7 +37,6 @@ __all__ = [
 LUMA = (0.299, 0.587, 0.114)
 DEFAULT_QS = (0.5, 1.0, 2.0, 3.0)  # the spec's default orders
 NEAR_ONE = 0.25  # tsallis_entropy: orders closer than this to 1 use the expm1 form
-TIE_RTOL = 1e-12  # two_means_split: relative tolerance under which split costs are tied
 SOBEL_X = ((-1.0, 0.0, 1.0), (-2.0, 0.0, 2.0), (-1.0, 0.0, 1.0))
 
 
@@ -178,11 +179,6 @@ def fused_importance(
     return alpha * h + (1.0 - alpha) * edge.to(torch.float64)
 
 
-def budget(n_tokens: int, num_protected: int, keep_ratio: float) -> int:
-    """Step 5.3: K = max(1, floor(keep_ratio * (N - P) + 0.5)) non-protected tokens kept."""
-    return max(1, int(math.floor(keep_ratio * (n_tokens - num_protected) + 0.5)))
-
-
 # --------------------------------------------------------------------------- step 5.2
 def two_means_split(u_sorted: Tensor) -> int:
     """Exact 1-D 2-means of values sorted ascending.
@@ -311,13 +307,22 @@ def select(
     clusters: int,
     iters: int,
     allocation: str = "ranked",
+    precision: str = "exact",
 ) -> Tuple[Tensor, Tensor, Tensor]:
     """Steps 2, 4, 5 -> keep_idx (B, P+K) int64, prune_idx (B, N-P-K) int64, cluster_id (B, N) int32.
 
     ``allocation``: "ranked" (the spec's step 5.3) or "proportional" (per-cluster shares,
-    see :func:`_select_one`)."""
+    see :func:`_select_one`). ``precision``: "exact" (this function, float64) or "fast"
+    (python_ref.fast.select_fast: float32, batched)."""
     if allocation not in ALLOCATIONS:
         raise ValueError(f"select: allocation must be one of {ALLOCATIONS}, got {allocation!r}")
+    if precision == "fast":
+        from .fast import select_fast
+
+        return select_fast(tokens, ent, edge, keep_ratio, num_protected, alpha, entropy_mode, clusters, iters,
+                           allocation)
+    if precision != "exact":
+        raise ValueError(f"select: precision must be 'exact' or 'fast', got {precision!r}")
     b, n_tokens, _ = tokens.shape
     p = num_protected
     u = fused_importance(ent, edge, p, alpha, entropy_mode)

@@ -142,8 +142,8 @@ def test_alpha_one_skips_the_edge_term_and_its_cost(monkeypatch):
     model = build_model("vit_ti", seed=0, img_size=(96, 128), depth=6)
     x = torch.randn(1, 3, 96, 128)
     calls = []
-    real = torch.ops.lvtp.patch_edge_energy
-    monkeypatch.setattr(torch.ops.lvtp, "patch_edge_energy", lambda *a: calls.append(1) or real(*a))
+    real = lvtp_kernels.registry.kernels("cpu").patch_edge_energy  # what the patched forward calls
+    monkeypatch.setattr(lvtp_kernels.registry.kernels("cpu"), "patch_edge_energy", lambda *a: calls.append(1) or real(*a))
     lvtp_kernels.patch(model, flops_reduction=0.3, alpha=1.0)
     with torch.no_grad():
         counted = lvtp_kernels.flops.count_flops(model, x)

@@ -47,7 +47,7 @@ ARG_NAMES: Dict[str, tuple] = {
     "kmeans": ("x", "init", "iters"),
     # the spec's select plus the project's choice of budget allocation (default: the spec's "ranked")
     "select": ("tokens", "ent", "edge", "keep_ratio", "num_protected", "alpha", "entropy_mode", "clusters", "iters",
-               "allocation"),
+               "allocation", "precision"),
     "prune": ("tokens", "attn", "edge", "keep_ratio", "num_protected", "qs", "alpha", "entropy_mode", "clusters", "iters"),
     "gather_tokens": ("x", "idx"),
     "scatter_tokens": ("full", "x", "idx"),
@@ -267,7 +267,7 @@ SPEC_SCHEMAS = {
     "kmeans": "lvtp::kmeans(Tensor x, Tensor init, int iters) -> (Tensor centroids, Tensor assign)",
     "select": (
         "lvtp::select(Tensor tokens, Tensor ent, Tensor? edge, float keep_ratio, int num_protected, float alpha, "
-        "str entropy_mode, int clusters, int iters, str allocation=\"ranked\") -> (Tensor keep_idx, Tensor prune_idx, "
+        "str entropy_mode, int clusters, int iters, str allocation=\"ranked\", str precision=\"exact\") -> (Tensor keep_idx, Tensor prune_idx, "
         "Tensor cluster_id)"
     ),
     "prune": (
@@ -534,7 +534,7 @@ def _base_args(op: str) -> Dict[str, Any]:
         "kmeans": dict(x=x, init=x[:, :3].clone(), iters=3),
         "select": dict(
             tokens=tokens, ent=_rand(B, N, 4, seed=8), edge=_rand(B, N, seed=9), keep_ratio=0.5, num_protected=1,
-            alpha=0.5, entropy_mode="low", clusters=3, iters=2, allocation="proportional",
+            alpha=0.5, entropy_mode="low", clusters=3, iters=2, allocation="proportional", precision="exact",
         ),
         "prune": dict(
             tokens=tokens, attn=attn, edge=_rand(B, N, seed=9), keep_ratio=0.5, num_protected=1, qs=list(QS),
@@ -810,6 +810,7 @@ def _bad_cases() -> List:
 
     # select's allocation (the base arguments leave it at its default, "ranked")
     c["select-allocation"] = Bad("select", "allocation", True, allocation="greedy")
+    c["select-precision"] = Bad("select", "precision", True, precision="float16")
     return [pytest.param(v, id=k) for k, v in c.items()]
 
 

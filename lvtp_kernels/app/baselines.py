@@ -78,6 +78,7 @@ METHODS: Dict[str, Method] = {
         Method("lvtp-entropy-only", "lvtp", {"alpha": 1.0}, "ablation: entropy term only (alpha=1)"),
         Method("lvtp-iters10", "lvtp", {"iters": 10}, "ablation: the spec's 10 k-means iterations"),
         Method("lvtp-iters1", "lvtp", {"iters": 1}, "ablation: one k-means iteration"),
+        Method("lvtp-exact", "lvtp", {"precision": "exact"}, "ablation: the float64 exact selection"),
     ]
 }
 
@@ -110,6 +111,7 @@ LVTP_OPTIONS: Dict[str, Callable[[str], object]] = {
     "reconstruct": _choice("residual", "frozen", "nearest"),
     "weights": _choice("dynamic", "equal"),
     "allocation": _choice("ranked", "proportional"),
+    "precision": _choice("exact", "fast"),
 }
 
 

@@ -9,6 +9,9 @@ models/patching.py, timm and Hugging Face models in lvtp_kernels.adapters).
 
 All of it runs inside ``registry.trusted_inputs()``: the tensors come from the model's own
 blocks and from lvtp ops, so the ops' data checks (a device sync each on a GPU) are skipped.
+Backends are resolved once per device type (``registry.kernels``, :func:`lvtp_ops`) and
+called directly, without the dispatcher's per-call work; under ``torch.compile`` the
+forward calls ``torch.ops.lvtp`` instead (opaque custom ops with fake kernels).
 
 Intermediate layers (timm ``forward_intermediates``, transformers ``hidden_states`` and
 backbone ``feature_maps``): the full token map after block ``L`` is rebuilt from the
@@ -28,18 +31,23 @@ from typing import Callable, Collection, Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor, nn
 
+from torch.utils._python_dispatch import _get_current_dispatch_mode as _dispatch_mode
+
+from .. import registry as _registry
+
 from python_ref.ops import DEFAULT_QS
 from python_ref.pipeline import RECONSTRUCT_MODES, StageRecord
 
 # The spec's defaults for every option of the method (spec steps 1-7).
 SPEC_DEFAULTS: Dict[str, object] = dict(
     qs=DEFAULT_QS, alpha=0.5, entropy_mode="low", clusters=8, iters=10, use_edge=True, reconstruct="residual",
-    weights="dynamic", allocation="ranked",
+    weights="dynamic", allocation="ranked", precision="exact",
 )
 # The package's defaults: the spec's, except where the CamVid val ablation
 # (docs/results.md) measured a better choice; every spec choice stays selectable.
 DEFAULTS: Dict[str, object] = dict(
-    SPEC_DEFAULTS, alpha=0.3, entropy_mode="high", allocation="proportional", reconstruct="nearest", iters=3
+    SPEC_DEFAULTS, alpha=0.3, entropy_mode="high", allocation="proportional", reconstruct="nearest", iters=3,
+    precision="fast",  # [H]: float32 selection, no host sync (docs/design.md "Two precisions")
 )
 
 
@@ -58,8 +66,19 @@ class LVTPState:
     reconstruct: str = "residual"
     weights: str = "dynamic"  # "dynamic" (spec step 2) or "equal" (mean of the orders, an ablation)
     allocation: str = "ranked"  # "ranked" (spec step 5.3) or "proportional" (per-cluster budget shares)
+    precision: str = "exact"  # the selection's: "exact" (float64) or "fast" (float32, python_ref/fast.py)
     keep_records: bool = False  # keep the last forward's stage records (see last_records)
     last_records: List[StageRecord] = field(default_factory=list)
+
+
+def lvtp_ops(t: Tensor):
+    """The lvtp ops for tensors like ``t``: the resolved backends of its device type
+    (``registry.kernels``: every argument given, no checks), or ``torch.ops.lvtp`` while
+    torch.compile traces (custom ops with fakes) or a dispatch mode is active (FlopCounterMode,
+    fake tensors: they must see the ops)."""
+    if torch.compiler.is_compiling() or _dispatch_mode() is not None or t.device.type == "meta":
+        return torch.ops.lvtp
+    return _registry.kernels(t.device.type)
 
 
 def reconstruct(x_final: Tensor, records: Sequence[StageRecord], mode: str, clusters: int) -> Tensor:
@@ -73,8 +92,9 @@ def reconstruct(x_final: Tensor, records: Sequence[StageRecord], mode: str, clus
     if mode not in RECONSTRUCT_MODES:
         raise ValueError(f"reconstruct: mode must be one of {RECONSTRUCT_MODES}, got {mode!r}")
     full = x_final
+    ops = lvtp_ops(x_final)
     for rec in reversed(records):
-        full = torch.ops.lvtp.reconstruct_stage(
+        full = ops.reconstruct_stage(
             full, rec.x_at_stage.to(full.dtype), rec.keep_idx, rec.prune_idx, rec.cluster_id, clusters, mode
         )
     return full
@@ -93,7 +113,7 @@ def stage_edge(st: LVTPState, image: Optional[Tensor], patch_size: int, num_pref
     has no weight (``use_edge=False`` or ``alpha == 1``) or there is no image."""
     if image is None or not st.use_edge or st.alpha >= 1.0:
         return None
-    e = torch.ops.lvtp.patch_edge_energy(image, patch_size)
+    e = lvtp_ops(image).patch_edge_energy(image, patch_size)
     return torch.cat([e.new_zeros(e.shape[0], num_prefix), e], dim=1) if num_prefix else e
 
 
@@ -106,18 +126,14 @@ def prune_step(
     if st.weights == "equal":  # one averaged order, whose dynamic weight is 1 (an ablation)
         ent = ent.mean(dim=-1, keepdim=True)
     r = st.stages[layer]
-    if st.allocation == "ranked":
-        keep_idx, prune_idx, cluster_id = torch.ops.lvtp.select(
-            x, ent, edge, r, num_prefix, st.alpha, st.entropy_mode, st.clusters, st.iters
-        )
-    else:
-        keep_idx, prune_idx, cluster_id = torch.ops.lvtp.select(
-            x, ent, edge, r, num_prefix, st.alpha, st.entropy_mode, st.clusters, st.iters, st.allocation
-        )
-    kept = torch.ops.lvtp.gather_tokens(x, keep_idx)
+    ops = lvtp_ops(x)
+    keep_idx, prune_idx, cluster_id = ops.select(
+        x, ent, edge, r, num_prefix, st.alpha, st.entropy_mode, st.clusters, st.iters, st.allocation, st.precision
+    )
+    kept = ops.gather_tokens(x, keep_idx)
     records.append(StageRecord(layer, x, keep_idx, prune_idx, cluster_id))
     if edge is not None:
-        edge = torch.ops.lvtp.gather_tokens(edge[..., None], keep_idx)[..., 0]
+        edge = ops.gather_tokens(edge[..., None], keep_idx)[..., 0]
     return kept, edge
 
 
@@ -146,7 +162,7 @@ class _LVTPMixin:
 def attention_entropy(q: Tensor, k: Tensor, v: Tensor, qs: Sequence[float], scale: float) -> Tuple[Tensor, Tensor]:
     """(B, H, N, D) q, k, v -> attention output (B, H, N, D) and the per-token entropies
     (B, N, len(qs)) from ``torch.ops.lvtp.attention_entropy`` (no N x N map is kept)."""
-    return torch.ops.lvtp.attention_entropy(q, k, v, [float(t) for t in qs], float(scale))
+    return lvtp_ops(q).attention_entropy(q, k, v, [float(t) for t in qs], float(scale))
 
 
 def edge_for(st: LVTPState, image: Optional[Tensor], patch_size: Optional[int], tokens: Tensor, num_prefix: int):

@@ -132,6 +132,7 @@ def patch(
     reconstruct: str = DEFAULTS["reconstruct"],
     weights: str = DEFAULTS["weights"],
     allocation: str = DEFAULTS["allocation"],
+    precision: str = DEFAULTS["precision"],
     layers: Optional[Sequence[int]] = None,
     img_size: Optional[Tuple[int, int]] = None,
     keep_records: bool = False,
@@ -142,6 +143,8 @@ def patch(
     images of ``img_size``, default the model's, with stages after ``layers``, default
     depth * {1/4, 1/2, 3/4}) or an explicit ``schedule`` of (layer, keep_ratio) pairs.
     ``keep_records=True`` keeps the last forward's stage records (``last_records``).
+    ``precision``: the selection's arithmetic, "fast" (default: float32, no host sync,
+    python_ref/fast.py) or "exact" (float64, the ``lvtp.select`` op's contract).
     Patching a patched model replaces its settings.
     """
     family = model_family(model)
@@ -160,6 +163,8 @@ def patch(
         raise ValueError(f"patch: weights must be 'dynamic' or 'equal', got {weights!r}")
     if allocation not in ("ranked", "proportional"):
         raise ValueError(f"patch: allocation must be 'ranked' or 'proportional', got {allocation!r}")
+    if precision not in ("exact", "fast"):
+        raise ValueError(f"patch: precision must be 'exact' or 'fast', got {precision!r}")
     if flops_reduction is not None:
         shape = family.vit_shape(
             model, img_size, num_orders=len(qs), clusters=clusters, iters=iters, use_edge=use_edge and alpha < 1.0,
@@ -182,6 +187,7 @@ def patch(
         reconstruct=reconstruct,
         weights=weights,
         allocation=allocation,
+        precision=precision,
         keep_records=bool(keep_records),
     )
     if not is_patched(model):

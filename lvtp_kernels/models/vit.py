@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from python_ref.flops import ViTShape
+from .engine import attention_entropy
 
 PRESETS: Dict[str, Dict[str, int]] = {
     "vit_ti": dict(embed_dim=192, depth=12, num_heads=3),
@@ -171,7 +172,7 @@ class Attention(nn.Module):
         b, n, c = x.shape
         qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)
-        out, ent = torch.ops.lvtp.attention_entropy(q, k, v, [float(t) for t in qs], float(self.scale))
+        out, ent = attention_entropy(q, k, v, qs, self.scale)
         return self.proj(out.transpose(1, 2).reshape(b, n, c)), ent
 
 

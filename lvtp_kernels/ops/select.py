@@ -3,7 +3,7 @@
     kmeans(Tensor x, Tensor init, int iters) -> (Tensor centroids, Tensor assign)
         x (B, n, d), init (B, k, d) -> centroids (B, k, d) fp32 (fp64 for fp64 x), assign (B, n) int64
     select(tokens, ent, edge, keep_ratio, num_protected, alpha, entropy_mode, clusters, iters,
-           allocation="ranked") -> (keep_idx, prune_idx, cluster_id)
+           allocation="ranked", precision="exact") -> (keep_idx, prune_idx, cluster_id)
         tokens (B, N, C), ent (B, N, Q), edge (B, N) or None -> keep_idx (B, P+K) int64 sorted,
         prune_idx (B, N-P-K) int64 sorted, cluster_id (B, N) int32 (-1 for protected tokens)
     prune(tokens, attn, edge=None, keep_ratio=0.7, ...) -> (kept, keep_idx, prune_idx, cluster_id)
@@ -11,30 +11,42 @@
 
 Everything about the ops in one place: schemas, checks, fakes, backends.
 
-* reference  python_ref.ops.{kmeans, select, prune} (fp64, exact)
-* cpp        csrc/select_cpu.cpp (bit-identical to the reference on CPU)
-* cuda       csrc/kmeans_cuda.cu, csrc/select_cuda.cu (+ ATen glue csrc/bind_cuda.cpp)
-* test       tests/test_op_select.py (+ _cpp, _kmeans, _scoring: the compiled kernels)
+* reference  python_ref.ops.{kmeans, select, prune} (fp64, exact);
+             python_ref.fast.select_fast (precision="fast": float32, batched, no host sync)
+* cpp        csrc/select_cpu.cpp (exact: bit-identical to the reference on CPU),
+             csrc/select_fast_cpu.cpp (fast)
+* cuda       csrc/kmeans_cuda.cu, csrc/select_cuda.cu (exact), csrc/select_fast_cuda.cu (fast:
+             one launch per call) (+ ATen glue csrc/bind_cuda.cpp)
+* test       tests/test_op_select.py (+ _cpp, _kmeans, _scoring: the compiled kernels;
+             _fast: the fast precision, certified against float64 by tests/certify.py)
+
+``precision``: "exact" (the spec's contract: float64, equal to python_ref.select) or "fast"
+(python_ref/fast.py: float32 features, the same rules; equal to exact except at near-ties,
+each of which tests/certify.py explains). Patched models default to "fast".
 * benchmark  benchmarks/bench_select.py
 """
 
 from __future__ import annotations
 
+import sys
 import warnings
 
 import torch
 
 import python_ref
+from python_ref.fast import select_fast
 
 from .. import _validate as V
 from .. import registry
 
 ALLOCATIONS = ("ranked", "proportional")
+PRECISIONS = ("exact", "fast")
 
 KMEANS_SCHEMA = "(Tensor x, Tensor init, int iters) -> (Tensor centroids, Tensor assign)"
 SELECT_SCHEMA = (
     "(Tensor tokens, Tensor ent, Tensor? edge, float keep_ratio, int num_protected, float alpha, "
-    "str entropy_mode, int clusters, int iters, str allocation=\"ranked\") -> (Tensor keep_idx, Tensor prune_idx, "
+    "str entropy_mode, int clusters, int iters, str allocation=\"ranked\", str precision=\"exact\") -> "
+    "(Tensor keep_idx, Tensor prune_idx, "
     "Tensor cluster_id)"
 )
 PRUNE_SCHEMA = (
@@ -96,7 +108,7 @@ def _check_tokens_and(op: str, tokens, name: str, t, ndim: int, layout: str, edg
 
 
 def check_select(tokens, ent, edge, keep_ratio, num_protected, alpha, entropy_mode, clusters, iters, allocation,
-                 values: bool) -> None:
+                 precision, values: bool) -> None:
     op = "select"
     _check_tokens_and(op, tokens, "ent", ent, 3, "(B, N, Q)", edge, values)
     if ent.shape[:2] != tokens.shape[:2]:
@@ -104,6 +116,8 @@ def check_select(tokens, ent, edge, keep_ratio, num_protected, alpha, entropy_mo
     _check_scalars(op, tokens.shape[1], keep_ratio, num_protected, alpha, entropy_mode, clusters, iters)
     if allocation not in ALLOCATIONS:
         V._fail(op, f"allocation must be one of {ALLOCATIONS}, got {allocation!r}")
+    if precision not in PRECISIONS:
+        V._fail(op, f"precision must be one of {PRECISIONS}, got {precision!r}")
     if values:
         V.finite(op, "tokens", tokens)
         V.finite(op, "ent", ent)
@@ -126,11 +140,12 @@ def select_outputs(tokens, keep_ratio, num_protected):
     )
 
 
-def fake_select(tokens, ent, edge, keep_ratio, num_protected, alpha, entropy_mode, clusters, iters, allocation):
+def fake_select(tokens, ent, edge, keep_ratio, num_protected, alpha, entropy_mode, clusters, iters, allocation,
+                precision):
     return select_outputs(tokens, keep_ratio, num_protected)
 
 
-def select_tokens(tokens, ent, edge, keep_ratio, num_protected, alpha, entropy_mode, clusters, iters, allocation):
+def select_tokens(tokens, ent, edge, keep_ratio, num_protected, alpha, entropy_mode, clusters, iters, allocation):  # noqa: E501
     """Deprecated (0.2): ``torch.ops.lvtp.select(..., allocation)`` is the same op.
     Kept for one release; removed in 0.3."""
     warnings.warn("lvtp select_tokens is deprecated: call torch.ops.lvtp.select(..., allocation) instead",
@@ -164,22 +179,43 @@ def compose_prune(run, tokens, attn, edge, keep_ratio, num_protected, qs, alpha,
     dev = tokens.device
     ent = run("tsallis_entropy", dev, attn, qs)
     keep_idx, prune_idx, cluster_id = run(
-        "select", dev, tokens, ent, edge, keep_ratio, num_protected, alpha, entropy_mode, clusters, iters, "ranked"
+        "select", dev, tokens, ent, edge, keep_ratio, num_protected, alpha, entropy_mode, clusters, iters, "ranked",
+        "exact",
     )
     return run("gather_tokens", dev, tokens, keep_idx), keep_idx, prune_idx, cluster_id
 
 
-def _clustering_op(name: str, schema: str, check, fake, ref):
-    """kmeans and select: the reference, the C++ kernel on CPU tensors, the CUDA one on CUDA."""
-    return registry.define(registry.OpSpec(name, schema, check, fake, backends={
-        "ref": registry.Backend(ref),
-        "cpp": registry.compiled_backend("cpp", name),
-        "cuda": registry.compiled_backend("cuda", name),
-    }))
+KMEANS = registry.define(registry.OpSpec("kmeans", KMEANS_SCHEMA, check_kmeans, fake_kmeans, backends={
+    "ref": registry.Backend(python_ref.kmeans),
+    "cpp": registry.compiled_backend("cpp", "kmeans"),
+    "cuda": registry.compiled_backend("cuda", "kmeans"),
+}))
 
 
-KMEANS = _clustering_op("kmeans", KMEANS_SCHEMA, check_kmeans, fake_kmeans, python_ref.kmeans)
-SELECT = _clustering_op("select", SELECT_SCHEMA, check_select, fake_select, python_ref.select)
+# select's backends: the last argument, precision, picks the kernel.
+def _compiled_select(kernel, *args):
+    """``kernel`` is the compiled module's ``select``; "fast" runs its ``select_fast``
+    sibling. Where the module has no fast kernel (an older build) or the CUDA one reports
+    the shape beyond its limits (``select_fast_supported``: shared memory), the batched
+    float32 reference runs on the tensors' device instead: the same algorithm, no host sync."""
+    *rest, precision = args
+    if precision != "fast":
+        return kernel(*rest)
+    mod = sys.modules[kernel.__module__] if kernel.__module__ in sys.modules else None
+    fast = getattr(mod, "select_fast", None)
+    supported = getattr(mod, "select_fast_supported", None)
+    tokens, n_prot, clusters = rest[0], rest[4], rest[7]
+    n = tokens.shape[1] - n_prot
+    if fast is None or (supported is not None and not supported(n, tokens.shape[2], min(clusters, n))):
+        return select_fast(*rest)
+    return tuple(fast(*rest, False))
+
+
+SELECT = registry.define(registry.OpSpec("select", SELECT_SCHEMA, check_select, fake_select, backends={
+    "ref": registry.Backend(python_ref.select),
+    "cpp": registry.compiled_backend("cpp", "select", adapt=_compiled_select),
+    "cuda": registry.compiled_backend("cuda", "select", adapt=_compiled_select),
+}))
 
 
 def _define_prune():
