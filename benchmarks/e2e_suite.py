@@ -7,6 +7,8 @@ gpu:   ViT-B/16 at 512x512 and ViT-L/16 at 1024x1024, batch 8 and 1, fp16 and bf
        k-means iterations beside the package's 3 on the first row), as `lvtp bench e2e`.
 cpu:   the bundled ViT-Ti at 240x320, batch 8, fp32; LVTP, ToMe and random.
 quick: one small config per device (a smoke test).
+check: [H]'s targets (benchmarks/gpu_check.sh): ViT-B/16 512x512 b8 (LVTP fast and exact, ToMe)
+       and b1, one eager b8 row, ViT-L/16 1024x1024 b2; judged by benchmarks/gpu_targets.py.
 
 Writes DIR/e2e.json (every record), DIR/e2e.md (every table) and, with --profile, DIR/profile.txt:
 torch.profiler's top kernels of one pruned forward per arch (eager) at 30 %.
@@ -36,6 +38,13 @@ GPU = [
     ("vit_l", (1024, 1024), 1, "bf16", "lvtp"),
 ]
 CPU = [("bundled", None, 8, "fp32", "lvtp,tome,random")]
+# [H]'s targets in a few device-minutes (benchmarks/gpu_check.sh): graph rows, then one eager row
+CHECK = [
+    ("vit_b", (512, 512), 8, "fp16", "lvtp,lvtp-exact,tome"),
+    ("vit_b", (512, 512), 1, "fp16", "lvtp"),
+    ("vit_b", (512, 512), 8, "fp16", "lvtp", "off"),  # eager: no CUDA graph
+    ("vit_l", (1024, 1024), 2, "fp16", "lvtp,tome"),
+]
 QUICK = {"cuda": [("vit_ti", (224, 224), 2, "fp16", "lvtp,tome")], "cpu": [("vit_ti", (224, 224), 2, "fp32", "lvtp")]}
 
 
@@ -69,7 +78,8 @@ def profile_pruned(arch, size, batch, dtype, device, reduction=0.3, rows=25) -> 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True)
-    ap.add_argument("--preset", default=None, choices=("gpu", "cpu", "quick"))
+    ap.add_argument("--preset", default=None, choices=("gpu", "cpu", "quick", "check"))
+    ap.add_argument("--reductions", default="0.2,0.3,0.45")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--profile", action="store_true")
     ap.add_argument("--repeats", type=int, default=30)
@@ -80,7 +90,8 @@ def main(argv=None) -> int:
     ap.add_argument("--breakdown", action="store_true", help="time each overhead part of the LVTP rows (profiled)")
     args = ap.parse_args(argv)
     preset = args.preset or ("gpu" if args.device == "cuda" else "cpu")
-    configs = {"gpu": GPU, "cpu": CPU, "quick": QUICK[args.device]}[preset]
+    configs = {"gpu": GPU, "cpu": CPU, "quick": QUICK[args.device], "check": CHECK}[preset]
+    reductions = tuple(float(r) for r in args.reductions.split(","))
     if args.only:
         configs = [configs[int(i)] for i in args.only.split(",")]
     os.makedirs(args.out, exist_ok=True)
@@ -88,13 +99,14 @@ def main(argv=None) -> int:
     ceilings = {}
     t0 = time.time()
     bar = tqdm(configs, desc="e2e suite", unit="config", dynamic_ncols=True)
-    for arch, size, batch, dtype, methods in bar:
-        bar.set_postfix_str(f"{arch} {size} b{batch} {dtype}")
+    for arch, size, batch, dtype, methods, *rest in bar:
+        graphs = rest[0] if rest else "auto"
+        bar.set_postfix_str(f"{arch} {size} b{batch} {dtype}{' eager' if graphs == 'off' else ''}")
         methods = args.methods or methods
         t1 = time.time()
         try:
-            rec = bench.run_e2e(arch, size, batch, dtype, args.device, (0.2, 0.3, 0.45), methods.split(","),
-                                repeats=args.repeats, max_s=args.max_seconds, ceilings=dtype not in ceilings,
+            rec = bench.run_e2e(arch, size, batch, dtype, args.device, reductions, methods.split(","),
+                                graphs=graphs, repeats=args.repeats, max_s=args.max_seconds, ceilings=dtype not in ceilings,
                                 classes=args.classes, breakdown=args.breakdown, log=tqdm.write)
         except Exception as exc:  # noqa: BLE001 - one failed config must not lose the others
             msg = f"### {arch} {size} batch {batch} {dtype}: FAILED {type(exc).__name__}: {exc}"
@@ -118,7 +130,7 @@ def main(argv=None) -> int:
         torch.cuda.empty_cache() if args.device == "cuda" else None
     print(f"e2e suite: {len(records)}/{len(configs)} configs in {time.time() - t0:.0f} s")
     if args.profile:
-        arch, size, batch, dtype, _ = configs[0]
+        arch, size, batch, dtype = configs[0][:4]
         with open(os.path.join(args.out, "profile.txt"), "w") as f:
             f.write(profile_pruned(arch, size, batch, dtype, args.device))
         print(open(os.path.join(args.out, "profile.txt")).read())

@@ -167,3 +167,36 @@ def test_bench_ops_runs_the_benchmark_scripts_as_processes(tmp_path):
     assert "| patch_edge_energy | B=1 64x64 patch=16 |" in table
     with pytest.raises(ValueError, match="bench_nope"):
         bench.run_ops(only=["bench_nope"])
+
+
+def test_gpu_targets_judge_pass_fail_and_missing_rows(tmp_path):
+    # benchmarks/gpu_targets.py on a synthetic check JSON: each target PASS or FAIL by its
+    # rule, n/a where its rows are missing, and a non-zero exit when any target fails
+    from benchmarks import gpu_targets
+
+    def row(method, red, ms, base=10.0, static=None):
+        static = ms * 0.99 if static is None else static
+        return {"method": method, "reduction": red, "ms": ms, "baseline_ms": base, "speedup": base / ms,
+                "static_ms": static, "overhead_ms": ms - static}
+
+    def rec(arch, batch, results, graphs="auto"):
+        return {"config": {"arch": arch, "batch": batch, "graphs": graphs, "device_name": "fake", "date": "x"},
+                "results": results}
+
+    good = [rec("vit_b", 8, [row("lvtp", 0.3, 7.5), row("lvtp", 0.45, 6.2), row("tome", 0.3, 8.0),
+                             row("tome", 0.45, 7.0)]),
+            rec("vit_b", 8, [row("lvtp", 0.3, 7.8), row("lvtp", 0.45, 6.5)], graphs="off"),
+            rec("vit_b", 1, [row("lvtp", 0.3, 8.2)])]
+    res = {t: v for t, _, v in gpu_targets.evaluate(good)}
+    assert res["ViT-B b8 speedup at 30% >= 1.3x"] == "PASS" and res["ViT-B b8 speedup at 45% >= 1.55x"] == "PASS"
+    assert res["ViT-L at 30%: speedup >= ViT-B b8's"] == "n/a"
+    assert "FAIL" not in res.values()
+    bad = [rec("vit_b", 8, [row("lvtp", 0.3, 9.0, static=7.0), row("tome", 0.3, 8.0)])]
+    res = {t: v for t, _, v in gpu_targets.evaluate(bad)}
+    assert res["ViT-B b8 speedup at 30% >= 1.3x"] == "FAIL"
+    assert res["ViT-B b8 at 30%: overhead <= 3 % of the unpruned forward"] == "FAIL"
+    assert res["ViT-B b8 at 30%: faster than ToMe (ToMe ms / LVTP ms > 1)"] == "FAIL"
+    p = tmp_path / "e2e.json"
+    p.write_text(json.dumps(bad))
+    assert gpu_targets.main([str(p), "--md", str(tmp_path / "t.md")]) == 1
+    assert "FAIL" in (tmp_path / "t.md").read_text()

@@ -204,3 +204,114 @@ def test_patch_defaults_to_fast_and_validates_precision():
     assert model._lvtp.precision == "fast"
     with pytest.raises(ValueError, match="precision"):
         lvtp_kernels.patch(model, flops_reduction=0.3, precision="fp16")
+
+
+# ------------------------------------------------------------------ CUDA (the GPU check runs these)
+from ext_marks import needs_cuda  # noqa: E402
+
+needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@needs_cuda
+@pytest.mark.parametrize("n", NS + (4097,))
+@pytest.mark.parametrize("alloc", ["ranked", "proportional"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_fast_cuda_kernel_is_certified(n, alloc, dtype):
+    cu = ext.module("cuda")
+    c = 768 if n >= 1025 else 64
+    tokens, ent, edge = _inputs(2, n, c, seed=n + 1, dtype=dtype)
+    p = 1 if n > 1 else 0
+    args = (tokens, ent, edge, 0.4, p, 0.3, "high", 8, 3, alloc)
+    dargs = tuple(t.cuda() if torch.is_tensor(t) else t for t in args)
+    if not cu.select_fast_supported(n - p, c, min(8, n - p)):
+        pytest.skip(f"beyond the CUDA fast kernel's limits (N={n}, C={c}): the torch fast path runs")
+    res = cu.select_fast(*dargs, True)
+    certify(*args, res[:3], res[3:])
+    cpu = select_fast(*args)
+    assert jaccard(res[0].cpu(), cpu[0]) >= 0.98
+    again = cu.select_fast(*dargs, False)
+    for a, b in zip(res[:3], again):
+        assert torch.equal(a, b)
+
+
+@needs_gpu
+@pytest.mark.parametrize("alloc", ["ranked", "proportional"])
+def test_fast_torch_path_on_cuda_is_certified(alloc):
+    tokens, ent, edge = _inputs(3, 1025, 256, seed=9, dtype=torch.float16)
+    args = (tokens, ent, edge, 0.4, 1, 0.3, "high", 8, 3, alloc)
+    dargs = tuple(t.cuda() if torch.is_tensor(t) else t for t in args)
+    *out, tr = select_fast(*dargs, trace=True)
+    certify(*args, out, tr)
+
+
+@needs_gpu
+def test_fast_patched_forward_captures_in_a_cuda_graph_and_agrees_with_exact():
+    from lvtp_kernels.app.cli import ASSETS, DEMO_IMAGES
+    from lvtp_kernels.app.data.camvid import read_image
+    from lvtp_kernels.models import load_reference
+
+    model = load_reference().cuda()
+    images = torch.stack([read_image(str(ASSETS / f"{n}.png")) for n in DEMO_IMAGES]).cuda()
+    out, recs = {}, {}
+    for precision in ("exact", "fast"):
+        lvtp_kernels.patch(model, flops_reduction=0.45, precision=precision, keep_records=True)
+        with torch.inference_mode():
+            out[precision] = model(images).argmax(1)
+        recs[precision] = lvtp_kernels.last_records(model)
+    j = min(jaccard(a.keep_idx.cpu(), b.keep_idx.cpu()) for a, b in zip(recs["fast"], recs["exact"]))
+    assert j >= 0.98, j
+    assert (out["fast"] == out["exact"]).float().mean().item() >= 0.995
+    # fast: no host sync, fixed shapes -> the whole pruned forward captures in one graph
+    lvtp_kernels.patch(model, flops_reduction=0.45, precision="fast")
+    static_in = images.clone()
+    with torch.inference_mode():
+        s = torch.cuda.Stream()
+        s.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(s):
+            for _ in range(2):
+                model(static_in)
+        torch.cuda.current_stream().wait_stream(s)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            static_out = model(static_in)
+        graph.replay()
+        torch.cuda.synchronize()
+        assert torch.equal(static_out.argmax(1), out["fast"])
+
+
+def test_cuda_graph_option_is_inert_on_cpu_and_survives_copies():
+    import copy
+    import pickle
+
+    from lvtp_kernels.models import build_model
+
+    model = build_model("vit_ti", seed=0, img_size=(64, 64)).eval()
+    x = torch.randn(2, 3, 64, 64)
+    lvtp_kernels.patch(model, flops_reduction=0.3)
+    with torch.no_grad():
+        want = model(x)
+    lvtp_kernels.patch(model, flops_reduction=0.3, cuda_graph=True)
+    assert model._lvtp.graphs is not None
+    with torch.no_grad():
+        assert torch.equal(model(x), want)  # CPU tensors: the plain forward
+    assert model._lvtp.graphs.graphs == {}
+    for clone in (copy.deepcopy(model), pickle.loads(pickle.dumps(model))):
+        assert clone._lvtp.graphs is not None and clone._lvtp.graphs.graphs == {}
+        with torch.no_grad():
+            assert torch.equal(clone(x), want)
+
+
+@needs_gpu
+def test_cuda_graph_option_replays_the_forward():
+    from lvtp_kernels.models import build_model
+
+    model = build_model("vit_ti", seed=0, img_size=(64, 64)).eval().cuda()
+    lvtp_kernels.patch(model, flops_reduction=0.3)
+    xs = [torch.randn(2, 3, 64, 64, device="cuda") for _ in range(3)]
+    with torch.no_grad():
+        want = [model(x).clone() for x in xs]
+    lvtp_kernels.patch(model, flops_reduction=0.3, cuda_graph=True)
+    with torch.no_grad():
+        for x, w in zip(xs, want):
+            torch.testing.assert_close(model(x), w, rtol=1e-3, atol=1e-3)
+    assert len(model._lvtp.graphs.graphs) == 1

@@ -68,15 +68,17 @@ class LVTPState:
     allocation: str = "ranked"  # "ranked" (spec step 5.3) or "proportional" (per-cluster budget shares)
     precision: str = "exact"  # the selection's: "exact" (float64) or "fast" (float32, python_ref/fast.py)
     keep_records: bool = False  # keep the last forward's stage records (see last_records)
+    graphs: Optional["GraphCache"] = None  # patch(..., cuda_graph=True): the captured forwards
     last_records: List[StageRecord] = field(default_factory=list)
 
 
 def lvtp_ops(t: Tensor):
     """The lvtp ops for tensors like ``t``: the resolved backends of its device type
     (``registry.kernels``: every argument given, no checks), or ``torch.ops.lvtp`` while
-    torch.compile traces (custom ops with fakes) or a dispatch mode is active (FlopCounterMode,
-    fake tensors: they must see the ops)."""
-    if torch.compiler.is_compiling() or _dispatch_mode() is not None or t.device.type == "meta":
+    torch.compile traces (custom ops with fakes), a dispatch mode is active (FlopCounterMode,
+    fake tensors: they must see the ops) or the profiler records (it names the ops)."""
+    if (torch.compiler.is_compiling() or _dispatch_mode() is not None or t.device.type == "meta"
+            or torch._C._autograd._profiler_enabled()):  # the profiler names each lvtp op (bench --breakdown)
         return torch.ops.lvtp
     return _registry.kernels(t.device.type)
 
@@ -154,9 +156,79 @@ def warn_if_grad(x: Tensor) -> None:
 
 
 class _LVTPMixin:
-    """The base of every patched class (``is_patched``); ``_lvtp`` holds its LVTPState."""
+    """The base of every patched class (``is_patched``); ``_lvtp`` holds its LVTPState.
+
+    With ``patch(..., cuda_graph=True)`` a call whose tensor arguments are all on one CUDA
+    device, made without gradients, replays a CUDA graph of the whole forward captured on
+    the first call of each (shapes, dtypes, device, keyword names) (:class:`GraphCache`)."""
 
     _lvtp: LVTPState
+
+    def __call__(self, *args, **kwargs):
+        cache = getattr(self._lvtp, "graphs", None)
+        if cache is not None and not torch.is_grad_enabled() and not torch.compiler.is_compiling():
+            key = GraphCache.key(args, kwargs)
+            if key is not None:
+                return cache.run(key, lambda *a, **k: super(_LVTPMixin, self).__call__(*a, **k), args, kwargs)
+        return super().__call__(*args, **kwargs)
+
+
+class GraphCache:
+    """CUDA graphs of a patched model's forward, one per input signature.
+
+    The first call of a signature warms the forward up twice on a side stream, then
+    captures it; later calls copy their tensors into the captured inputs and replay. The
+    returned outputs are the graph's own buffers: the next call of the same signature
+    overwrites them (clone what must outlive it), as with torch.compile's CUDA graphs.
+    Possible because the fast selection never syncs with the host and every shape follows
+    from the input's (the budgets are fixed by the schedule)."""
+
+    def __init__(self, max_graphs: int = 8):
+        self.max_graphs = max_graphs
+        self.graphs: Dict[tuple, tuple] = {}
+
+    def __getstate__(self):  # pickles and deep copies start with no graphs (they hold device state)
+        return {"max_graphs": self.max_graphs}
+
+    def __setstate__(self, state):
+        self.max_graphs, self.graphs = state["max_graphs"], {}
+
+    @staticmethod
+    def key(args, kwargs) -> Optional[tuple]:
+        tensors = [a for a in list(args) + list(kwargs.values()) if isinstance(a, Tensor)]
+        if not tensors or any(not t.is_cuda for t in tensors) or len({t.device for t in tensors}) != 1:
+            return None
+        sig = tuple((tuple(a.shape), a.dtype) if isinstance(a, Tensor) else ("value", repr(a)) for a in args)
+        kw = tuple(sorted((k, (tuple(v.shape), v.dtype) if isinstance(v, Tensor) else repr(v))
+                          for k, v in kwargs.items()))
+        return (tensors[0].device, sig, kw)
+
+    def run(self, key, fn, args, kwargs):
+        entry = self.graphs.get(key)
+        if entry is None:
+            if len(self.graphs) >= self.max_graphs:
+                self.graphs.pop(next(iter(self.graphs)))
+            s_args = [a.clone() if isinstance(a, Tensor) else a for a in args]
+            s_kwargs = {k: v.clone() if isinstance(v, Tensor) else v for k, v in kwargs.items()}
+            side = torch.cuda.Stream(device=key[0])
+            side.wait_stream(torch.cuda.current_stream(key[0]))
+            with torch.cuda.stream(side):
+                for _ in range(2):
+                    fn(*s_args, **s_kwargs)
+            torch.cuda.current_stream(key[0]).wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                out = fn(*s_args, **s_kwargs)
+            entry = self.graphs[key] = (graph, s_args, s_kwargs, out)
+        graph, s_args, s_kwargs, out = entry
+        for dst, src in zip(s_args, args):
+            if isinstance(dst, Tensor):
+                dst.copy_(src)
+        for k, v in kwargs.items():
+            if isinstance(v, Tensor):
+                s_kwargs[k].copy_(v)
+        graph.replay()
+        return out
 
 
 def attention_entropy(q: Tensor, k: Tensor, v: Tensor, qs: Sequence[float], scale: float) -> Tuple[Tensor, Tensor]:

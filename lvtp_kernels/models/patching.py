@@ -25,7 +25,7 @@ from python_ref.pipeline import RECONSTRUCT_MODES, StageRecord, active_stages
 from .. import _validate as V
 from ..registry import trusted_inputs
 from .engine import (  # noqa: F401  (DEFAULTS, SPEC_DEFAULTS, LVTPState, reconstruct: documented here)
-    DEFAULTS, SPEC_DEFAULTS, LVTPState, _LVTPMixin, make_patched_class, pruned_blocks, reconstruct, warn_if_grad,
+    DEFAULTS, SPEC_DEFAULTS, GraphCache, LVTPState, _LVTPMixin, make_patched_class, pruned_blocks, reconstruct, warn_if_grad,
 )
 from .vit import ViTSegmenter
 
@@ -133,6 +133,7 @@ def patch(
     weights: str = DEFAULTS["weights"],
     allocation: str = DEFAULTS["allocation"],
     precision: str = DEFAULTS["precision"],
+    cuda_graph: bool = False,
     layers: Optional[Sequence[int]] = None,
     img_size: Optional[Tuple[int, int]] = None,
     keep_records: bool = False,
@@ -145,6 +146,9 @@ def patch(
     ``keep_records=True`` keeps the last forward's stage records (``last_records``).
     ``precision``: the selection's arithmetic, "fast" (default: float32, no host sync,
     python_ref/fast.py) or "exact" (float64, the ``lvtp.select`` op's contract).
+    ``cuda_graph=True``: calls on CUDA tensors without gradients replay a CUDA graph of the
+    whole forward, captured per input signature on first use (``engine.GraphCache``: the
+    outputs are the graph's buffers, overwritten by the next call of that signature).
     Patching a patched model replaces its settings.
     """
     family = model_family(model)
@@ -188,6 +192,7 @@ def patch(
         weights=weights,
         allocation=allocation,
         precision=precision,
+        graphs=GraphCache() if cuda_graph else None,
         keep_records=bool(keep_records),
     )
     if not is_patched(model):
