@@ -66,6 +66,9 @@ class OpSpec:
     backends: Dict[str, Backend]
     parts: Tuple[str, ...] = ()
     compose: Optional[Callable] = None
+    # per backend, a variant for trusted hot paths (Kernels): same arguments and values,
+    # e.g. an output in the layout the caller needs; the op itself never uses it
+    variants: Dict[str, Callable] = field(default_factory=dict)
     defaults: Tuple = field(default=(), init=False)  # (name, has_default, default) per argument
 
 
@@ -214,7 +217,9 @@ class Kernels:
     def __getattr__(self, op: str) -> Callable:
         if op.startswith("_") or op not in SPECS:
             raise AttributeError(op)
-        fn = SPECS[op].backends[choose_backend(op, self.device_type, warn=False)].fn
+        spec = SPECS[op]
+        name = choose_backend(op, self.device_type, warn=False)
+        fn = spec.variants.get(name) or spec.backends[name].fn  # OpSpec.variants
         setattr(self, op, fn)  # the next lookup is a plain attribute
         return fn
 

@@ -203,3 +203,22 @@ def test_launcher_refuses_cpu_without_interpreter(monkeypatch):
     q, k, v = _qkv(1, 1, 4, 8)
     with pytest.raises(RuntimeError, match="CUDA"):
         attn_mod.attention_entropy(q, k, v, QS, 0.5)
+
+
+def test_block_variant_writes_the_block_layout_with_the_same_values():
+    # registry.kernels (the patched forward) runs the Triton kernel with its output stored
+    # (B, N, H, Dv), so the block's transpose-reshape is a view; values equal the op's
+    from lvtp_kernels import registry
+    from lvtp_kernels.ops.attention import attention_entropy_bnhd
+
+    if not registry.SPECS["attention_entropy"].backends["triton"].available()[0]:
+        pytest.skip("Triton unavailable")
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 50, 16, generator=g) for _ in range(3))
+    with registry.forced_impl("triton"):
+        want_out, want_ent = torch.ops.lvtp.attention_entropy(q, k, v, [0.5, 1.0, 2.0], 0.25)
+        fn = registry.kernels("cpu").attention_entropy
+    assert fn is attention_entropy_bnhd
+    out, ent = fn(q, k, v, [0.5, 1.0, 2.0], 0.25)
+    assert out.shape == want_out.shape and out.transpose(1, 2).is_contiguous() and want_out.is_contiguous()
+    assert torch.equal(out, want_out) and torch.equal(ent, want_ent)

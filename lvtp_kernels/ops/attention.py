@@ -58,3 +58,21 @@ SPEC = registry.define(registry.OpSpec(
                                          lambda kernel, q, k, v, qs, scale: kernel(q, k, v, list(qs), scale)),
     },
 ))
+
+
+def attention_entropy_bnhd(q, k, v, qs, scale):
+    """The Triton kernel writing its output in the block's layout (B, N, H, Dv), seen as
+    (B, H, N, Dv): ``out.transpose(1, 2).reshape(B, N, H * Dv)`` is then a view, saving the
+    copy a contiguous (B, H, N, Dv) output costs each stage block ([H] item 3). Used by the
+    patched models' forward through ``registry.kernels`` when Triton is the chosen backend;
+    the op itself keeps its contiguous output (its fake kernel says so)."""
+    from . import attention_triton
+
+    if q.device.type == "cuda":
+        with torch.cuda.device(q.device):
+            return attention_triton.attention_entropy(q, k, v, qs, scale, bnhd=True)
+    return attention_triton.attention_entropy(q, k, v, qs, scale, bnhd=True)
+
+
+SPEC.variants["triton"] = attention_entropy_bnhd  # registry.Kernels picks it for the patched forward
+

@@ -501,7 +501,7 @@ def _launch_config(n: int, block_d: int, block_dv: int, ieee: bool) -> Tuple[int
 
 
 def attention_entropy(q: Tensor, k: Tensor, v: Tensor, qs: Sequence[float], scale: float,
-                      config: Optional[Tuple[int, int, int, int]] = None) -> Tuple[Tensor, Tensor]:
+                      config: Optional[Tuple[int, int, int, int]] = None, bnhd: bool = False) -> Tuple[Tensor, Tensor]:
     """Softmax attention and its per-token head-mean normalised Tsallis entropies, fused.
 
     Args:
@@ -511,7 +511,9 @@ def attention_entropy(q: Tensor, k: Tensor, v: Tensor, qs: Sequence[float], scal
             op never passes it); see ``check_config``.
 
     Returns:
-        out (B, H, N, Dv) contiguous, in q's dtype: ``softmax(q k^T * scale) v``;
+        out (B, H, N, Dv) contiguous, in q's dtype: ``softmax(q k^T * scale) v``; with
+            ``bnhd=True`` stored as (B, N, H, Dv) (out.transpose(1, 2) contiguous), the
+            layout the patched blocks need (ops.attention.for_block);
         ent (B, N, len(qs)) fp32: the head mean of ``S_q / S_q_max`` (spec step 1).
 
     The op registry has validated the arguments. Raises ``RuntimeError`` when the Triton
@@ -537,7 +539,10 @@ def attention_entropy(q: Tensor, k: Tensor, v: Tensor, qs: Sequence[float], scal
     nq = len(qs_t)
     inv_den = _inv_denominators(qs_t, N)
 
-    out = torch.empty((B, H, N, DV), dtype=q.dtype, device=q.device)
+    if bnhd:  # the block's layout: out.transpose(1, 2).reshape(B, N, H * Dv) is then a view
+        out = torch.empty((B, N, H, DV), dtype=q.dtype, device=q.device).transpose(1, 2)
+    else:
+        out = torch.empty((B, H, N, DV), dtype=q.dtype, device=q.device)
     ent = torch.empty((B, N, nq), dtype=torch.float32, device=q.device)
     if H == 1:
         scratch, s_strides = ent, (ent.stride(0), 0, ent.stride(1))
