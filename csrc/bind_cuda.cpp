@@ -10,6 +10,9 @@
 //     tokens (B, N, C) fp16 / bf16 / fp32 / fp64, ent (B, N, Q) floating with 1 <= Q <= 64,
 //     edge (B, N) or None, all on one CUDA device; allocation "ranked" | "proportional".
 //     keep_idx (B, P+K) int64, prune_idx (B, N-P-K) int64, cluster_id (B, N) int32.
+//   select_fast(..., allocation, trace=False) -> [keep_idx, prune_idx, cluster_id] (+ the six
+//     trace tensors of python_ref.fast.FastTrace): precision="fast" in one launch
+//     (csrc/select_fast_cuda.cu); select_fast_supported(n, C, k) -> bool (its limits).
 // Same arguments, outputs and (on finite inputs) the same indices as lvtp_kernels._C's
 // kmeans / select; precision, determinism and limits of the kernels: csrc/lvtp_cuda.h.
 //
@@ -31,6 +34,7 @@
 #include <string>
 #include <tuple>
 #include <utility>
+#include <vector>
 
 #include "lvtp_bind.h"
 #include "lvtp_common.h"
@@ -148,6 +152,87 @@ std::tuple<Tensor, Tensor, Tensor> select_cuda(const Tensor& tokens_in, const Te
   return {keep_idx, prune_idx, cluster_id};
 }
 
+// select_fast(..., trace): one launch of csrc/select_fast_cuda.cu. Tokens are read in place
+// (any strides; fp16 / bf16 / fp32 / fp64), ent / edge converted to fp32 (small); the scratch
+// is one byte tensor. No synchronisation: the call captures in a CUDA graph.
+bool select_fast_supported_cuda(int64_t n, int64_t C, int64_t k) {
+  int dev = 0, optin = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess ||
+      cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) != cudaSuccess) {
+    (void)cudaGetLastError();
+    optin = 48 * 1024;
+  }
+  return cuda::select_fast_fits(n, C, k, optin);
+}
+
+std::vector<Tensor> select_fast_cuda(const Tensor& tokens, const Tensor& ent_in, const std::optional<Tensor>& edge_in,
+                                     double keep_ratio, int64_t num_protected, double alpha,
+                                     const std::string& entropy_mode, int64_t clusters, int64_t iters,
+                                     const std::string& allocation_name, bool trace) {
+  const int allocation = allocation_from_name(allocation_name);
+  TORCH_CHECK(allocation >= 0, lvtp::fmt("lvtp.select: allocation must be 'ranked' or 'proportional', got '",
+              allocation_name, "'"));
+  TORCH_CHECK(tokens.dim() == 3, "lvtp.select: tokens must be (B, N, C)");
+  TORCH_CHECK(ent_in.dim() == 3 && ent_in.size(0) == tokens.size(0) && ent_in.size(1) == tokens.size(1),
+              "lvtp.select: ent must be (B, N, Q) like tokens");
+  TORCH_CHECK(ent_in.size(2) >= 1 && ent_in.size(2) <= 64, "lvtp.select (CUDA): 1 <= Q <= 64 orders");
+  TORCH_CHECK(tokens.is_cuda() && ent_in.device() == tokens.device(), "lvtp.select: one CUDA device");
+  if (edge_in.has_value())
+    TORCH_CHECK(edge_in->dim() == 2 && edge_in->size(0) == tokens.size(0) && edge_in->size(1) == tokens.size(1) &&
+                    edge_in->device() == tokens.device(),
+                "lvtp.select: edge must be (B, N) on the tokens' device");
+  TORCH_CHECK(keep_ratio > 0.0 && keep_ratio <= 1.0, "lvtp.select: keep_ratio must be in (0, 1]");
+  TORCH_CHECK(num_protected >= 0 && num_protected < tokens.size(1), "lvtp.select: num_protected in [0, N-1]");
+  TORCH_CHECK(entropy_mode == "low" || entropy_mode == "high", "lvtp.select: entropy_mode 'low' or 'high'");
+  TORCH_CHECK(clusters >= 1 && iters >= 1, "lvtp.select: clusters and iters must be >= 1");
+  int kind = -1;
+  switch (tokens.scalar_type()) {
+    case at::kFloat: kind = cuda::kTokF32; break;
+    case at::kHalf: kind = cuda::kTokF16; break;
+    case at::kBFloat16: kind = cuda::kTokBF16; break;
+    case at::kDouble: kind = cuda::kTokF64; break;
+    default: TORCH_CHECK(false, lvtp::fmt("lvtp.select: tokens must be floating, got ", c10::toString(tokens.scalar_type())));
+  }
+  const c10::cuda::CUDAGuard guard(tokens.device());
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(tokens.device().index()).stream();
+  const int64_t B = tokens.size(0), N = tokens.size(1), C = tokens.size(2), Q = ent_in.size(2);
+  const int64_t P = num_protected, n = N - P, K = budget(N, P, keep_ratio), k = std::min(clusters, n);
+  TORCH_CHECK(select_fast_supported_cuda(n, C, k),
+              lvtp::fmt("lvtp.select (fast, CUDA): n = ", n, ", C = ", C, ", k = ", k,
+                        " is beyond the fused kernel's limits (select_fast_supported)"));
+  const Tensor ent = ent_in.to(at::kFloat).contiguous();
+  Tensor edge;
+  if (edge_in.has_value()) edge = edge_in->to(at::kFloat).contiguous();
+  const auto i64 = tokens.options().dtype(at::kLong), f32 = tokens.options().dtype(at::kFloat);
+  Tensor scratch = at::empty({static_cast<int64_t>(cuda::select_fast_scratch_bytes(B, n, k, C))},
+                             tokens.options().dtype(at::kByte));
+  Tensor keep_idx = at::empty({B, P + K}, i64), prune_idx = at::empty({B, n - K}, i64);
+  Tensor cluster_id = at::empty({B, N}, tokens.options().dtype(at::kInt));
+  std::vector<Tensor> out{keep_idx, prune_idx, cluster_id};
+  cuda::FastTrace tr;
+  if (trace) {
+    out.push_back(at::empty({B, n}, f32));
+    out.push_back(at::empty({B, k}, i64));
+    out.push_back(at::empty({B, iters + 1, k, C}, f32));
+    out.push_back(at::empty({B, iters + 1, n}, i64));
+    out.push_back(at::empty({B, k}, i64));
+    out.push_back(at::empty({B, k}, i64));
+    tr.u = out[3].data_ptr<float>();
+    tr.init_idx = out[4].data_ptr<int64_t>();
+    tr.centroids = out[5].data_ptr<float>();
+    tr.assign = out[6].data_ptr<int64_t>();
+    tr.split = out[7].data_ptr<int64_t>();
+    tr.rep = out[8].data_ptr<int64_t>();
+  }
+  LVTP_CUDA_CHECK(cuda::select_fast(tokens.data_ptr(), kind, tokens.stride(0), tokens.stride(1), tokens.stride(2),
+                                    ent.data_ptr<float>(), edge.defined() ? edge.data_ptr<float>() : nullptr, B, N,
+                                    C, Q, P, K, k, iters, alpha, entropy_mode == "low", allocation,
+                                    scratch.data_ptr(), tr, keep_idx.data_ptr<int64_t>(),
+                                    prune_idx.data_ptr<int64_t>(), cluster_id.data_ptr<int32_t>(), stream),
+                  "select");
+  return out;
+}
+
 }  // namespace
 }  // namespace lvtp
 
@@ -156,4 +241,12 @@ PYBIND11_MODULE(_C_cuda, m) {
   namespace py = pybind11;
   m.doc() = "lvtp compiled kernels (CUDA): plain functions called by lvtp_kernels/_ext.py";
   lvtp_bind::def_clustering<&lvtp::kmeans_cuda, &lvtp::select_cuda>(m, "CUDA");
+  const auto nogil = py::call_guard<py::gil_scoped_release>();
+  m.def("select_fast", &lvtp_bind::BelowAutograd<&lvtp::select_fast_cuda>::call, py::arg("tokens"), py::arg("ent"),
+        py::arg("edge"), py::arg("keep_ratio"), py::arg("num_protected"), py::arg("alpha"), py::arg("entropy_mode"),
+        py::arg("clusters"), py::arg("iters"), py::arg("allocation"), py::arg("trace") = false, nogil,
+        "The fast selection in one launch (csrc/select_fast_cuda.cu) -> [keep_idx, prune_idx, cluster_id] "
+        "(+ the trace).");
+  m.def("select_fast_supported", &lvtp::select_fast_supported_cuda, py::arg("n"), py::arg("C"), py::arg("k"),
+        "Whether select_fast takes n = N - P tokens of width C in k clusters on the current device.");
 }

@@ -1,4 +1,5 @@
-// Launchers of the lvtp CUDA kernels (csrc/kmeans_cuda.cu, csrc/select_cuda.cu), called by
+// Launchers of the lvtp CUDA kernels (csrc/kmeans_cuda.cu, csrc/select_cuda.cu,
+// csrc/select_fast_cuda.cu), called by
 // the ATen glue of lvtp_kernels._C_cuda (csrc/bind_cuda.cpp) and, for the host, by the simt
 // emulator's harness (tests/simt/harness.cc).
 //
@@ -19,6 +20,7 @@
 
 #include <cuda_runtime_api.h>
 
+#include <cstddef>
 #include <cstdint>
 
 namespace lvtp {
@@ -115,6 +117,32 @@ cudaError_t select_tokens(const double* tokens, const double* ent, const double*
                           int64_t C, int64_t Q, int64_t P, int64_t K, int64_t k, int64_t iters, double alpha, bool low,
                           int allocation, const SelectScratch& s, int64_t* keep_idx, int64_t* prune_idx,
                           int32_t* cluster_id, cudaStream_t stream);
+
+// ----------------------------------------------------------------------------- select, fast
+// select(..., precision="fast") as one launch (csrc/select_fast_cuda.cu): python_ref.fast's
+// algorithm. tokens (B, N, C) of the given kind, strides s0, s1, s2 in elements (read in
+// place); ent (B, N, Q) and edge (B, N) (nullptr: none) float32 contiguous; k = min(clusters,
+// N - P), K = budget(N, P, keep_ratio). Outputs as select_finish. scratch: device memory of
+// select_fast_scratch_bytes(B, N - P, k, C) bytes (16-byte aligned). trace: all six pointers
+// or none (python_ref.fast.FastTrace: u (B, n) f32, init_idx (B, k) i64, centroids
+// (B, iters + 1, k, C) f32, assign (B, iters + 1, n) i64, split (B, k) i64, rep (B, k) i64).
+// select_fast_fits: whether the kernel takes n, C, k under a shared-memory opt-in limit
+// (bytes); select_fast returns cudaErrorInvalidValue where it does not.
+enum TokenKind { kTokF32 = 0, kTokF16 = 1, kTokBF16 = 2, kTokF64 = 3 };
+struct FastTrace {
+  float* u = nullptr;
+  int64_t* init_idx = nullptr;
+  float* centroids = nullptr;
+  int64_t* assign = nullptr;
+  int64_t* split = nullptr;
+  int64_t* rep = nullptr;
+};
+size_t select_fast_scratch_bytes(int64_t B, int64_t n, int64_t k, int64_t C);
+bool select_fast_fits(int64_t n, int64_t C, int64_t k, int smem_optin);
+cudaError_t select_fast(const void* tokens, int kind, int64_t s0, int64_t s1, int64_t s2, const float* ent,
+                        const float* edge, int64_t B, int64_t N, int64_t C, int64_t Q, int64_t P, int64_t K, int64_t k,
+                        int64_t iters, double alpha, bool low, int allocation, void* scratch, const FastTrace& trace,
+                        int64_t* keep_idx, int64_t* prune_idx, int32_t* cluster_id, cudaStream_t stream);
 
 }  // namespace cuda
 }  // namespace lvtp

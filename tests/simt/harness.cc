@@ -94,4 +94,31 @@ int simt_select_tokens(int x64, const void* tokens, int e64, const void* ent, co
   return e;
 }
 
+bool simt_select_fast_fits(int64_t n, int64_t C, int64_t k, int optin) {
+  return lvtp::cuda::select_fast_fits(n, C, k, optin);
+}
+
+int simt_select_fast(int kind, const void* tokens, int64_t s0, int64_t s1, int64_t s2, const float* ent,
+                     const float* edge, int64_t B, int64_t N, int64_t C, int64_t Q, int64_t P, int64_t K, int64_t k,
+                     int64_t iters, double alpha, int low, int allocation, float* t_u, int64_t* t_init,
+                     float* t_cent, int64_t* t_assign, int64_t* t_split, int64_t* t_rep, int64_t* keep_idx,
+                     int64_t* prune_idx, int32_t* cluster_id) {
+  Guarded scratch(lvtp::cuda::select_fast_scratch_bytes(B, N - P, k, C));
+  lvtp::cuda::FastTrace tr;
+  tr.u = t_u;
+  tr.init_idx = t_init;
+  tr.centroids = t_cent;
+  tr.assign = t_assign;
+  tr.split = t_split;
+  tr.rep = t_rep;
+  const cudaError_t e = lvtp::cuda::select_fast(tokens, kind, s0, s1, s2, ent, edge, B, N, C, Q, P, K, k, iters, alpha,
+                                                low != 0, allocation, scratch.ptr<void>(), tr, keep_idx, prune_idx,
+                                                cluster_id, nullptr);
+  if (!scratch.intact()) {
+    g_guard_message = "select_fast's scratch written out of bounds";
+    return 1000;
+  }
+  return e;
+}
+
 }  // extern "C"

@@ -21,6 +21,11 @@ int simt_kmeans(int f64, const void* x, int64_t bstride, const double* rownorm, 
 int simt_select_tokens(int x64, const void* tokens, int e64, const void* ent, const void* edge, int64_t B, int64_t N,
                        int64_t C, int64_t Q, int64_t P, int64_t K, int64_t k, int64_t iters, double alpha, int low,
                        int allocation, int64_t* keep_idx, int64_t* prune_idx, int32_t* cluster_id);
+int simt_select_fast(int kind, const void* tokens, int64_t s0, int64_t s1, int64_t s2, const float* ent,
+                     const float* edge, int64_t B, int64_t N, int64_t C, int64_t Q, int64_t P, int64_t K, int64_t k,
+                     int64_t iters, double alpha, int low, int allocation, float* t_u, int64_t* t_init,
+                     float* t_cent, int64_t* t_assign, int64_t* t_split, int64_t* t_rep, int64_t* keep_idx,
+                     int64_t* prune_idx, int32_t* cluster_id);
 const char* simt_message();
 const char* simt_guard_message();
 int selftest_oob_read(const float* x, int n, float* out);
@@ -75,6 +80,47 @@ void select_case(int64_t B, int64_t N, int64_t C, int64_t P, int64_t clusters, i
                 (long long)P);
   if (rc != 0) return report(what, rc);
   for (int64_t b = 0; b < B; ++b)  // a light sanity check: kept indices ascending and in range
+    for (int64_t j = 1; j < P + K; ++j)
+      if (ki[b * (P + K) + j] <= ki[b * (P + K) + j - 1] || ki[b * (P + K) + j] >= N) return report(what, -1);
+}
+
+// select_fast (csrc/select_fast_cuda.cu): kind 0 fp32, 2 bf16 (raw 16-bit patterns), 3 fp64;
+// exact-size buffers for tokens, ent, edge, the outputs and (traced) the six trace arrays.
+void fast_case(int kind, int64_t B, int64_t N, int64_t C, int64_t P, int64_t clusters, int64_t iters, double keep,
+               int alloc, bool edge, bool trace, int nan = 0) {
+  const int64_t Q = 4, n = N - P, K = lvtp::budget(N, P, keep), k = clusters < n ? clusters : n;
+  const size_t nx = static_cast<size_t>(B * N * C);
+  auto xf = randn<float>(nx);
+  if (nan == 3) xf[C + 3] = NAN;
+  std::vector<double> xd(kind == 3 ? nx : 0);
+  std::vector<uint16_t> xb(kind == 2 ? nx : 0);
+  for (size_t i = 0; i < xd.size(); ++i) xd[i] = xf[i];
+  for (size_t i = 0; i < xb.size(); ++i) {
+    uint32_t bits;
+    std::memcpy(&bits, &xf[i], 4);
+    xb[i] = static_cast<uint16_t>(bits >> 16);
+  }
+  const void* x = kind == 3 ? static_cast<const void*>(xd.data())
+                            : kind == 2 ? static_cast<const void*>(xb.data()) : static_cast<const void*>(xf.data());
+  auto ent = rand01<float>(static_cast<size_t>(B * N * Q));
+  auto ed = rand01<float>(static_cast<size_t>(B * N));
+  if (nan == 1) ent[5] = NAN;
+  if (nan == 2) std::fill(ent.begin(), ent.end(), NAN);
+  std::vector<int64_t> ki(static_cast<size_t>(B * (P + K))), pi(static_cast<size_t>(B * (n - K)));
+  std::vector<int32_t> ci(static_cast<size_t>(B * N));
+  std::vector<float> tu(trace ? B * n : 0), tc(trace ? B * (iters + 1) * k * C : 0);
+  std::vector<int64_t> ti(trace ? B * k : 0), ta(trace ? B * (iters + 1) * n : 0), ts(trace ? B * k : 0),
+      tr(trace ? B * k : 0);
+  const int rc = simt_select_fast(kind, x, N * C, C, 1, ent.data(), edge ? ed.data() : nullptr, B, N, C, Q, P, K, k,
+                                  iters, 0.3, 0, alloc, trace ? tu.data() : nullptr, trace ? ti.data() : nullptr,
+                                  trace ? tc.data() : nullptr, trace ? ta.data() : nullptr,
+                                  trace ? ts.data() : nullptr, trace ? tr.data() : nullptr, ki.data(),
+                                  pi.empty() ? nullptr : pi.data(), ci.data());
+  char what[128];
+  std::snprintf(what, sizeof what, "select_fast kind=%d B=%lld N=%lld C=%lld P=%lld", kind, (long long)B,
+                (long long)N, (long long)C, (long long)P);
+  if (rc != 0) return report(what, rc);
+  for (int64_t b = 0; b < B; ++b)
     for (int64_t j = 1; j < P + K; ++j)
       if (ki[b * (P + K) + j] <= ki[b * (P + K) + j - 1] || ki[b * (P + K) + j] >= N) return report(what, -1);
 }
@@ -136,6 +182,20 @@ int main(int argc, char** argv) {
   for (int nan : {1, 2, 3})
     for (int alloc : {0, 1}) {  // non-finite values (no value checks inside a patched model)
       select_case<float, float>(2, 50, 12, 1, 8, 3, 0.5, alloc, true, false, nan);
+      ++cases;
+    }
+  for (int64_t N : {1, 2, 50, 197, 577, 1025})
+    for (int alloc : {0, 1}) {
+      const int64_t P = N > 1 ? 1 : 0;
+      fast_case(0, 2, N, 24, P, 8, 3, 0.7, alloc, true, alloc == 1);
+      fast_case(alloc ? 2 : 3, 1, N, 40, P, 20, 2, 0.3, alloc, false, true);
+      cases += 2;
+    }
+  fast_case(2, 1, 1025, 768, 1, 8, 3, 0.55, 1, true, true);  // ViT-B/16 at 512x512, one image
+  ++cases;
+  for (int nan : {1, 2, 3})
+    for (int alloc : {0, 1}) {
+      fast_case(0, 2, 50, 12, 1, 8, 3, 0.5, alloc, true, true, nan);
       ++cases;
     }
   kmeans_case<float>(2, 50, 24, 8, 10, false);
