@@ -24,6 +24,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <numeric>
 #include <string>
 #include <vector>
@@ -36,18 +37,85 @@ using at::Tensor;
 
 namespace {
 
-// sum_d a[d] * b[d], 16 lanes and a fixed pairwise tree (vectorisable, deterministic).
-LVTP_CLONES float dot16(const float* __restrict a, const float* __restrict b, int64_t d) {
-  constexpr int L = 16;
-  float acc[L] = {0.f};
-  int64_t i = 0;
-  for (; i + L <= d; i += L)
-    for (int l = 0; l < L; ++l) acc[l] += a[i + l] * b[i + l];
-  for (int w = L / 2; w >= 1; w /= 2)
+// sum_d a[d] * b[d], 16 lanes and a fixed pairwise tree (vectorisable, deterministic). The
+// lanes are one GCC vector (one zmm, two ymm or four xmm registers, per clone): an array
+// of 16 floats was kept on the stack, one store and reload per step.
+// (Passing one by value between always-inline helpers never reaches an ABI boundary.)
+#pragma GCC diagnostic ignored "-Wpsabi"
+typedef float v16f __attribute__((vector_size(64)));
+
+LVTP_ALWAYS_INLINE inline v16f load16(const float* p) {
+  v16f v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+
+LVTP_ALWAYS_INLINE inline float tree16(v16f v) {
+  float acc[16];
+  std::memcpy(acc, &v, sizeof acc);
+  for (int w = 8; w >= 1; w /= 2)
     for (int l = 0; l < w; ++l) acc[l] += acc[l + w];
-  float s = acc[0];
+  return acc[0];
+}
+
+LVTP_ALWAYS_INLINE inline float dot16_body(const float* __restrict a, const float* __restrict b, int64_t d) {
+  v16f acc = {};
+  int64_t i = 0;
+  for (; i + 16 <= d; i += 16) acc += load16(a + i) * load16(b + i);
+  float s = tree16(acc);
   for (; i < d; ++i) s += a[i] * b[i];
   return s;
+}
+
+LVTP_CLONES float dot16(const float* __restrict a, const float* __restrict b, int64_t d) { return dot16_body(a, b, d); }
+
+// dot16(x, c_j) for J consecutive centroids at once: x is loaded once per 16 lanes, and each
+// of the J dots runs exactly dot16's operations (the same lanes, tree and tail), so the
+// result is bitwise dot16's.
+template <int J>
+LVTP_ALWAYS_INLINE inline void dots16(const float* __restrict x, const float* __restrict c, int64_t d, float* out) {
+  v16f acc[J] = {};
+  int64_t i = 0;
+  for (; i + 16 <= d; i += 16) {
+    const v16f xv = load16(x + i);
+    for (int j = 0; j < J; ++j) acc[j] += xv * load16(c + j * d + i);
+  }
+  for (int j = 0; j < J; ++j) {
+    float s = tree16(acc[j]);
+    for (int64_t t = i; t < d; ++t) s += x[t] * c[j * d + t];
+    out[j] = s;
+  }
+}
+
+// assignment of points [i0, i1): argmax_j x . c_j - |c_j|^2 / 2, ties to the lower j
+LVTP_CLONES void assign_range(const float* __restrict x, const float* __restrict c, const float* __restrict half_cc,
+                              int64_t k, int64_t C, int64_t i0, int64_t i1, int64_t* __restrict out) {
+  constexpr int J = 4;
+  float sc[J];
+  for (int64_t i = i0; i < i1; ++i) {
+    const float* xi = x + i * C;
+    int64_t best = 0;
+    float bs = 0.f;
+    int64_t j = 0;
+    for (; j + J <= k; j += J) {
+      dots16<J>(xi, c + j * C, C, sc);
+      for (int t = 0; t < J; ++t) {
+        const float s = sc[t] - half_cc[j + t];
+        if (j + t == 0 || s > bs) {  // strict: ties to the lower cluster (torch.argmax's first maximum)
+          bs = s;
+          best = j + t;
+        }
+      }
+    }
+    for (; j < k; ++j) {
+      const float s = dot16_body(xi, c + j * C, C) - half_cc[j];
+      if (j == 0 || s > bs) {
+        bs = s;
+        best = j;
+      }
+    }
+    out[i] = best;
+  }
 }
 
 struct Image {
@@ -67,21 +135,7 @@ struct Image {
 };
 
 void assign_points(const Image& im, const float* c, const float* half_cc, int64_t* out, bool par) {
-  auto body = [&](int64_t i0, int64_t i1) {
-    for (int64_t i = i0; i < i1; ++i) {
-      const float* xi = im.x + i * im.C;
-      int64_t best = 0;
-      float bs = dot16(xi, c, im.C) - half_cc[0];
-      for (int64_t j = 1; j < im.k; ++j) {
-        const float s = dot16(xi, c + j * im.C, im.C) - half_cc[j];
-        if (s > bs) {  // strict: ties to the lower cluster (torch.argmax's first maximum)
-          bs = s;
-          best = j;
-        }
-      }
-      out[i] = best;
-    }
-  };
+  auto body = [&](int64_t i0, int64_t i1) { assign_range(im.x, c, half_cc, im.k, im.C, i0, i1, out); };
   if (par)
     at::parallel_for(0, im.n, 64, body);
   else
