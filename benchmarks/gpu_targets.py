@@ -30,6 +30,11 @@ def _rows(records) -> Dict[Tuple, dict]:
     return out
 
 
+def _mode(cfg) -> str:
+    """How the row's forwards ran: CUDA graphs, or eager (always eager on the CPU)."""
+    return "eager" if cfg.get("graphs") == "off" or cfg.get("device", "cuda").startswith("cpu") else "graph"
+
+
 def evaluate(records) -> List[Tuple[str, str, str]]:
     """[(target, measured, PASS | FAIL | n/a)]."""
     rows = _rows(records)
@@ -74,7 +79,7 @@ def table(records) -> str:
         for r in rec["results"]:
             ceil = r["baseline_ms"] / r["static_ms"] if r.get("static_ms") else None
             lines.append(
-                f"| {cfg['arch']} | {cfg['batch']} | {'eager' if cfg.get('graphs') == 'off' else 'graph'} | "
+                f"| {cfg['arch']} | {cfg['batch']} | {_mode(cfg)} | "
                 f"{r['method']} | {r['reduction']:.2f} | {r['ms']:.2f} | {r['baseline_ms']:.2f} | {r['speedup']:.2f}x | "
                 + (f"{ceil:.2f}x | {100 * r['static_ms'] / r['ms']:.1f} % | "
                    f"{100 * r['overhead_ms'] / r['baseline_ms']:.1f} % |" if ceil else "- | - | - |"))
