@@ -223,6 +223,17 @@ class Kernels:
         setattr(self, op, fn)  # the next lookup is a plain attribute
         return fn
 
+    def variant(self, op: str, tag: str) -> Callable:
+        """``op``'s callable for a caller that accepts the variant ``"<backend>:<tag>"`` of
+        the chosen backend where there is one (``tag`` "fast": the fused nearest
+        reconstruction of precision "fast"), else the op's usual callable. Looked up once."""
+        key = f"{op}:{tag}"
+        fn = self.__dict__.get(key)
+        if fn is None:
+            name = choose_backend(op, self.device_type, warn=False)
+            fn = self.__dict__[key] = SPECS[op].variants.get(f"{name}:{tag}") or getattr(self, op)
+        return fn
+
 
 _GENERATION = [0]  # bumped when an op or backend is added: resolved tables go stale
 _RESOLVED: Dict[tuple, Kernels] = {}

@@ -83,20 +83,25 @@ def lvtp_ops(t: Tensor):
     return _registry.kernels(t.device.type)
 
 
-def reconstruct(x_final: Tensor, records: Sequence[StageRecord], mode: str, clusters: int) -> Tensor:
+def reconstruct(x_final: Tensor, records: Sequence[StageRecord], mode: str, clusters: int,
+                precision: str = "exact") -> Tensor:
     """Spec step 7: one ``torch.ops.lvtp.reconstruct_stage`` per stage, from the last to
     the first (python_ref.pipeline.reconstruct is the loop reference).
 
     Per stage the kept tokens' residuals ``x_j(final) - x_j(s)`` are averaged per cluster
     in fp32 or wider (``clusters`` bounds the cluster ids) and added to the pruned tokens
     of the same cluster; a cluster without a kept token adds nothing (frozen).
+    ``precision="fast"`` lets a backend use its fast variant (Triton: the "nearest" stage
+    in one fused launch, keys equal except at float32 near-ties).
     """
     if mode not in RECONSTRUCT_MODES:
         raise ValueError(f"reconstruct: mode must be one of {RECONSTRUCT_MODES}, got {mode!r}")
     full = x_final
     ops = lvtp_ops(x_final)
+    stage = ops.variant("reconstruct_stage", "fast") if precision == "fast" and isinstance(ops, _registry.Kernels) \
+        else ops.reconstruct_stage
     for rec in reversed(records):
-        full = ops.reconstruct_stage(
+        full = stage(
             full, rec.x_at_stage.to(full.dtype), rec.keep_idx, rec.prune_idx, rec.cluster_id, clusters, mode
         )
     return full
@@ -143,7 +148,7 @@ def finish(st: LVTPState, x: Tensor, records: List[StageRecord]) -> Tensor:
     """Spec step 7: the full token map back from the last stage's tokens."""
     if st.keep_records:
         st.last_records = records
-    return reconstruct(x, records, st.reconstruct, st.clusters)
+    return reconstruct(x, records, st.reconstruct, st.clusters, st.precision)
 
 
 def warn_if_grad(x: Tensor) -> None:
@@ -275,7 +280,7 @@ def pruned_blocks(
         else:
             x = run_block(blk, x)
         if i in take and i != last:
-            inter[i] = reconstruct(x, records, st.reconstruct, st.clusters)
+            inter[i] = reconstruct(x, records, st.reconstruct, st.clusters, st.precision)
     full = finish(st, x, records)
     if last in take:
         inter[last] = full

@@ -38,7 +38,7 @@ import triton.language as tl
 from . import _common
 from ._common import loop_bound
 
-__all__ = ["gather_tokens", "scatter_tokens", "reconstruct_stage", "nearest_keys"]
+__all__ = ["gather_tokens", "scatter_tokens", "reconstruct_stage", "nearest_keys", "reconstruct_nearest_fused"]
 
 MODES = ("residual", "frozen", "nearest")
 
@@ -446,3 +446,133 @@ def reconstruct_stage(
     return out
 
 
+# --------------------------------------------------------------------------- nearest, fused ([H] item 4)
+@triton.jit
+def _reconstruct_nearest_fused_kernel(
+    full_ptr, xs_ptr, keep_ptr, prune_ptr, cid_ptr, out_ptr, near_ptr,
+    K, NP, N, C, n_pblocks,
+    sf_b, sf_k, sf_c, sx_b, sx_n, sx_c, sk_b, sk_k, sp_b, sp_k, sc_b, sc_n,
+    FDTYPE: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_C: tl.constexpr,
+    K_LOOP: tl.constexpr, C_LOOP: tl.constexpr, WRITE_NEAR: tl.constexpr,
+):
+    """One launch for a whole "nearest" reconstruction stage. Programs (b, blk):
+    blk < n_pblocks: BLOCK_P pruned tokens. The cosine similarity to every kept token is
+      dot(x_p, x_j) / (|x_p| |x_j|) (float32 dots of the features cast to full's dtype,
+      tiles of [BLOCK_P, BLOCK_C] x [BLOCK_C, BLOCK_K]); protected kept tokens are -inf; a
+      running maximum over the kept tiles in ascending order, strict, keeps the first
+      maximum (ties to the earlier position, as argmax). Then the pruned rows are written:
+      x_stage[p] + (full[j] - x_stage[keep_idx[j]]), rounded as PyTorch does.
+    blk >= n_pblocks: BLOCK_P kept rows, out[keep_idx[r]] = full[r].
+    The similarity's rounding differs from python_ref.pipeline.nearest_keys (normalise,
+    then a matmul): the keys agree except where two kept tokens are within float32
+    rounding of equally similar (tests/test_reconstruct_fused.py certifies each)."""
+    b = tl.program_id(0).to(tl.int64)
+    blk = tl.program_id(1)
+    if blk < n_pblocks:
+        rows = blk * BLOCK_P + tl.arange(0, BLOCK_P)
+        pr = rows < NP
+        pos = tl.load(prune_ptr + b * sp_b + rows.to(tl.int64) * sp_k, mask=pr, other=0).to(tl.int64)
+        ss = tl.zeros([BLOCK_P], dtype=tl.float32)
+        for c0 in range(0, C if C_LOOP < 0 else C_LOOP, BLOCK_C):
+            cols = (c0 + tl.arange(0, BLOCK_C)).to(tl.int64)
+            m = pr[:, None] & (cols < C)[None, :]
+            x = tl.load(xs_ptr + b * sx_b + pos[:, None] * sx_n + cols[None, :] * sx_c, mask=m, other=0.0)
+            x = _round_to(x, FDTYPE).to(tl.float32)
+            ss += tl.sum(x * x, axis=1)
+        pn = tl.maximum(tl.sqrt(ss), 1e-12)
+        best = tl.full([BLOCK_P], float("-inf"), dtype=tl.float32)
+        arg = tl.zeros([BLOCK_P], dtype=tl.int64)
+        for k0 in range(0, K if K_LOOP < 0 else K_LOOP, BLOCK_K):
+            ks = k0 + tl.arange(0, BLOCK_K)
+            km = ks < K
+            kid = tl.load(keep_ptr + b * sk_b + ks.to(tl.int64) * sk_k, mask=km, other=0).to(tl.int64)
+            source = km & (tl.load(cid_ptr + b * sc_b + kid * sc_n, mask=km, other=-1) >= 0)
+            dot = tl.zeros([BLOCK_P, BLOCK_K], dtype=tl.float32)
+            kss = tl.zeros([BLOCK_K], dtype=tl.float32)
+            for c0 in range(0, C if C_LOOP < 0 else C_LOOP, BLOCK_C):
+                cols = (c0 + tl.arange(0, BLOCK_C)).to(tl.int64)
+                cm = (cols < C)[None, :]
+                x = tl.load(xs_ptr + b * sx_b + pos[:, None] * sx_n + cols[None, :] * sx_c, mask=pr[:, None] & cm,
+                            other=0.0)
+                y = tl.load(xs_ptr + b * sx_b + kid[:, None] * sx_n + cols[None, :] * sx_c, mask=km[:, None] & cm,
+                            other=0.0)
+                x = _round_to(x, FDTYPE).to(tl.float32)
+                y = _round_to(y, FDTYPE).to(tl.float32)
+                dot += tl.dot(x, tl.trans(y), input_precision="ieee")
+                kss += tl.sum(y * y, axis=1)
+            kn = tl.maximum(tl.sqrt(kss), 1e-12)
+            sim = dot / pn[:, None] / kn[None, :]
+            sim = tl.where(source[None, :], sim, float("-inf"))
+            tmax = tl.max(sim, axis=1)
+            targ = tl.argmax(sim, axis=1).to(tl.int64)
+            upd = tmax > best
+            best = tl.where(upd, tmax, best)
+            arg = tl.where(upd, k0 + targ, arg)
+        if WRITE_NEAR:
+            tl.store(near_ptr + b * NP + rows.to(tl.int64), arg, mask=pr)
+        jid = tl.load(keep_ptr + b * sk_b + arg * sk_k, mask=pr, other=0).to(tl.int64)
+        for c0 in range(0, C if C_LOOP < 0 else C_LOOP, BLOCK_C):
+            cols = (c0 + tl.arange(0, BLOCK_C)).to(tl.int64)
+            m = pr[:, None] & (cols < C)[None, :]
+            f = tl.load(full_ptr + b * sf_b + arg[:, None] * sf_k + cols[None, :] * sf_c, mask=m, other=0.0)
+            xp = tl.load(xs_ptr + b * sx_b + pos[:, None] * sx_n + cols[None, :] * sx_c, mask=m, other=0.0)
+            xj = tl.load(xs_ptr + b * sx_b + jid[:, None] * sx_n + cols[None, :] * sx_c, mask=m, other=0.0)
+            d = _round_to(f.to(tl.float32) - _round_to(xj, FDTYPE).to(tl.float32), FDTYPE).to(tl.float32)
+            v = _round_to(_round_to(xp, FDTYPE).to(tl.float32) + d, FDTYPE)
+            tl.store(out_ptr + (b * N + pos)[:, None] * C + cols[None, :], v, mask=m)
+    else:
+        rows = (blk - n_pblocks) * BLOCK_P + tl.arange(0, BLOCK_P)
+        km = rows < K
+        kid = tl.load(keep_ptr + b * sk_b + rows.to(tl.int64) * sk_k, mask=km, other=0).to(tl.int64)
+        for c0 in range(0, C if C_LOOP < 0 else C_LOOP, BLOCK_C):
+            cols = (c0 + tl.arange(0, BLOCK_C)).to(tl.int64)
+            m = km[:, None] & (cols < C)[None, :]
+            f = tl.load(full_ptr + b * sf_b + rows.to(tl.int64)[:, None] * sf_k + cols[None, :] * sf_c, mask=m)
+            tl.store(out_ptr + (b * N + kid)[:, None] * C + cols[None, :], f, mask=m)
+
+
+def reconstruct_nearest_fused(full: torch.Tensor, x_stage: torch.Tensor, keep_idx: torch.Tensor,
+                              prune_idx: torch.Tensor, cluster_id: torch.Tensor, clusters: int = 0,
+                              mode: str = "nearest", return_keys: bool = False):
+    """``reconstruct_stage(..., mode="nearest")`` in ONE launch: the nearest-key search
+    (a fused GEMM + running argmax) and every output row. For the patched forward at
+    precision "fast" on the Triton backend (``registry.Kernels.variant``); fp16 / bf16 /
+    fp32 ``full`` (fp64 and the other modes go to :func:`reconstruct_stage`). The keys may
+    differ from the reference's at float32 near-ties of the cosine similarity; everything
+    else is computed as :func:`reconstruct_stage` does. ``return_keys``: also the (B, N-K)
+    int64 keys (for the tests' certificate)."""
+    b, k, c = full.shape
+    n = x_stage.shape[1]
+    n_pruned = prune_idx.shape[1]
+    if mode != "nearest" or full.dtype == torch.float64:
+        out = reconstruct_stage(full, x_stage, keep_idx, prune_idx, cluster_id, clusters, mode)
+        if return_keys:
+            near = nearest_keys(full.dtype, x_stage, keep_idx, prune_idx, cluster_id) if n_pruned and k else \
+                torch.zeros((b, n_pruned), dtype=torch.int64, device=full.device)
+            return out, near
+        return out
+    if k == 0 and n_pruned > 0:
+        raise ValueError("reconstruct_stage: mode 'nearest' needs at least one kept token when tokens are pruned")
+    out = torch.empty((b, n, c), dtype=full.dtype, device=full.device)
+    near = torch.empty((b, n_pruned) if return_keys else (1,), dtype=torch.int64, device=full.device)
+    if out.numel() == 0:
+        return (out, near) if return_keys else out
+    # GPU tiles: 32 pruned x 64 kept x 64 channels (tl.dot needs >= 16 each); one program
+    # per image and kind of row under the interpreter
+    p2 = lambda v: triton.next_power_of_2(max(v, 16))  # noqa: E731
+    block_p = min(p2(max(n_pruned, k)), _common.block_cap(32, 2048))
+    block_k = min(p2(k), _common.block_cap(64, 2048))
+    block_c = min(p2(c), _common.block_cap(64, 1024))
+    n_pblocks = triton.cdiv(n_pruned, block_p)
+    grid = (b, n_pblocks + triton.cdiv(k, block_p))
+    _reconstruct_nearest_fused_kernel[grid](
+        full, x_stage, keep_idx, prune_idx, cluster_id, out, near,
+        k, n_pruned, n, c, n_pblocks,
+        full.stride(0), full.stride(1), full.stride(2),
+        x_stage.stride(0), x_stage.stride(1), x_stage.stride(2),
+        keep_idx.stride(0), keep_idx.stride(1), prune_idx.stride(0), prune_idx.stride(1),
+        cluster_id.stride(0), cluster_id.stride(1),
+        FDTYPE=_TL_DTYPES[full.dtype], BLOCK_P=block_p, BLOCK_K=block_k, BLOCK_C=block_c,
+        K_LOOP=loop_bound(k), C_LOOP=loop_bound(c), WRITE_NEAR=return_keys, num_warps=4,
+    )
+    return (out, near) if return_keys else out
