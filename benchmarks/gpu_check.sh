@@ -62,8 +62,8 @@ step() {  # step NAME MAX_S MIN_S COMMAND...: run if MIN_S still fit the budget;
   echo "| --- | --- | --- |"
 } >"$SUMMARY"
 
-# GPU-only test files, and the fast selection's tests (their CUDA cases run here)
-GPU_TESTS="tests/test_cuda.py tests/test_gpu_kernels.py tests/test_op_select_fast.py"
+# GPU-only test files, and the fast selection's and fused reconstruction's tests (compiled here)
+GPU_TESTS="tests/test_cuda.py tests/test_gpu_kernels.py tests/test_op_select_fast.py tests/test_op_tokens_fused.py"
 XDIST=""
 $PY -c "import xdist" 2>/dev/null && XDIST="-n 8"
 E2E="-m benchmarks.e2e_suite --out $OUT --preset check --reductions 0.3,0.45"

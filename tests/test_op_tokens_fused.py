@@ -12,8 +12,13 @@ import torch
 
 from lvtp_kernels import registry
 from lvtp_kernels.ops import tokens_triton as tt
+from lvtp_kernels.ops._common import interpreting
 from python_ref.pipeline import nearest_keys as ref_keys
 from python_ref.pipeline import reconstruct_stage as ref_reconstruct
+
+# CPU tensors through the interpreter here; compiled on a GPU machine (benchmarks/gpu_check.sh)
+DEV = "cpu" if interpreting() else ("cuda" if torch.cuda.is_available() else None)
+pytestmark = pytest.mark.skipif(DEV is None, reason="needs TRITON_INTERPRET=1 or a CUDA GPU")
 
 SIM_TOL = 5e-5  # float32 dots of unit rows of up to ~1000 features, then two divisions
 
@@ -30,12 +35,26 @@ def _case(b, n, c, k, seed, dtype=torch.float32, protect=(0,), dup=False):
     for t in protect:
         cid[:, t] = -1
     full = torch.randn(b, k, c, generator=g).to(dtype)
-    return full, x.to(dtype), keep, prune, cid
+    return tuple(t.to(DEV) for t in (full, x.to(dtype), keep, prune, cid))
+
+
+def _fused(*args, **kw):
+    if DEV == "cuda":
+        with torch.cuda.device(args[0].device):
+            res = tt.reconstruct_nearest_fused(*args, **kw)
+    else:
+        res = tt.reconstruct_nearest_fused(*args, **kw)
+    return tuple(r.cpu() for r in res) if isinstance(res, tuple) else res.cpu()
+
+
+def _cpu(args):
+    return tuple(t.cpu() for t in args)
 
 
 def _certify(full, x, keep, prune, cid, out, near):
     """Keys: equal to the reference's or within SIM_TOL of its similarity (float64); rows:
     exactly the reference's formula with the kernel's keys."""
+    full, x, keep, prune, cid = _cpu((full, x, keep, prune, cid))
     b, k, c = full.shape
     want_keys = ref_keys(x.to(full.dtype), keep, prune, cid) if prune.shape[1] else near
     xs = x.to(full.dtype)
@@ -71,9 +90,10 @@ CASES = [(1, 2, 16, 1), (2, 50, 32, 30), (3, 197, 64, 120), (1, 577, 96, 300), (
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 def test_fused_nearest_is_certified_against_the_reference(b, n, c, k, dtype):
     args = _case(b, n, c, k, seed=n + c, dtype=dtype, protect=(0,) if k > 1 else ())
-    out, near = tt.reconstruct_nearest_fused(*args, 8, "nearest", return_keys=True)
+    out, near = _fused(*args, 8, "nearest", return_keys=True)
     _certify(*args, out, near)
     if dtype == torch.float32:  # a row-for-row check against the reference where the keys agree
+        args = _cpu(args)
         want = ref_reconstruct(*args, 8, "nearest")
         same = near == ref_keys(args[1], args[2], args[3], args[4])
         rows = args[3][same]
@@ -83,8 +103,8 @@ def test_fused_nearest_is_certified_against_the_reference(b, n, c, k, dtype):
 
 def test_fused_nearest_exact_ties_go_to_the_earlier_position():
     args = _case(2, 80, 48, 40, seed=3, dup=True, protect=())
-    out, near = tt.reconstruct_nearest_fused(*args, 8, "nearest", return_keys=True)
-    want = ref_keys(*args[1:])
+    out, near = _fused(*args, 8, "nearest", return_keys=True)
+    want = ref_keys(*_cpu(args[1:]))
     assert torch.equal(near, want)
     assert not bool((near == 1).any())  # position 1 duplicates position 0: never the key
 
@@ -92,38 +112,38 @@ def test_fused_nearest_exact_ties_go_to_the_earlier_position():
 def test_fused_nearest_all_kept_protected_takes_position_zero():
     full, x, keep, prune, cid = _case(1, 30, 16, 3, seed=4, protect=())
     cid[0, keep[0]] = -1
-    out, near = tt.reconstruct_nearest_fused(full, x, keep, prune, cid, 8, "nearest", return_keys=True)
+    out, near = _fused(full, x, keep, prune, cid, 8, "nearest", return_keys=True)
     assert torch.equal(near, torch.zeros_like(near))
-    assert torch.equal(out, ref_reconstruct(full, x, keep, prune, cid, 8, "nearest"))
+    assert torch.equal(out, ref_reconstruct(*_cpu((full, x, keep, prune, cid)), 8, "nearest"))
 
 
 def test_fused_nearest_any_strides_and_int32_indices():
     full, x, keep, prune, cid = _case(2, 60, 32, 25, seed=5)
     xt = x.transpose(1, 2).contiguous().transpose(1, 2)
     ft = full.transpose(1, 2).contiguous().transpose(1, 2)
-    a, na = tt.reconstruct_nearest_fused(full, x, keep, prune, cid, 8, "nearest", return_keys=True)
-    b, nb = tt.reconstruct_nearest_fused(ft, xt, keep.int(), prune.int(), cid, 8, "nearest", return_keys=True)
+    a, na = _fused(full, x, keep, prune, cid, 8, "nearest", return_keys=True)
+    b, nb = _fused(ft, xt, keep.int(), prune.int(), cid, 8, "nearest", return_keys=True)
     assert torch.equal(a, b) and torch.equal(na, nb)
 
 
 def test_fused_nearest_other_modes_and_fp64_are_the_exact_kernel():
     full, x, keep, prune, cid = _case(2, 40, 16, 20, seed=6)
     for mode in ("residual", "frozen"):
-        assert torch.equal(tt.reconstruct_nearest_fused(full, x, keep, prune, cid, 8, mode),
-                           ref_reconstruct(full, x, keep, prune, cid, 8, mode))
+        assert torch.equal(_fused(full, x, keep, prune, cid, 8, mode),
+                           ref_reconstruct(*_cpu((full, x, keep, prune, cid)), 8, mode))
     f64 = (full.double(), x.double(), keep, prune, cid)
-    assert torch.equal(tt.reconstruct_nearest_fused(*f64, 8, "nearest"), ref_reconstruct(*f64, 8, "nearest"))
+    assert torch.equal(_fused(*f64, 8, "nearest"), ref_reconstruct(*_cpu(f64), 8, "nearest"))
 
 
 def test_fused_nearest_refuses_no_kept_token():
     full, x, keep, prune, cid = _case(1, 10, 16, 1, seed=7)
     with pytest.raises(ValueError, match="at least one kept token"):
-        tt.reconstruct_nearest_fused(full[:, :0], x, keep[:, :0], torch.arange(10)[None], cid, 8, "nearest")
+        _fused(full[:, :0], x, keep[:, :0], torch.arange(10, device=DEV)[None], cid, 8, "nearest")
 
 
 def test_certificate_can_fail():
     args = _case(1, 50, 32, 30, seed=8)
-    out, near = tt.reconstruct_nearest_fused(*args, 8, "nearest", return_keys=True)
+    out, near = _fused(*args, 8, "nearest", return_keys=True)
     bad = near.clone()
     bad[0, 0] = (bad[0, 0] + 7) % 30
     with pytest.raises(AssertionError):
@@ -132,11 +152,11 @@ def test_certificate_can_fail():
 
 def test_kernels_variant_routes_fast_to_the_fused_kernel_only_on_triton(monkeypatch):
     monkeypatch.setenv("LVTP_IMPL", "triton")
-    ops = registry.kernels("cpu")
+    ops = registry.kernels(DEV)
     assert ops.variant("reconstruct_stage", "fast") is registry.SPECS["reconstruct_stage"].variants["triton:fast"]
     assert ops.variant("reconstruct_stage", "exact") is ops.reconstruct_stage
     monkeypatch.setenv("LVTP_IMPL", "ref")
-    ref_ops = registry.kernels("cpu")
+    ref_ops = registry.kernels(DEV)
     assert ref_ops.variant("reconstruct_stage", "fast") is ref_ops.reconstruct_stage
 
 
@@ -152,8 +172,8 @@ def test_patched_forward_fast_on_triton_uses_the_fused_stage(monkeypatch):
     fused = spec.variants["triton:fast"]
     monkeypatch.setitem(spec.variants, "triton:fast", lambda *a: calls.append(1) or fused(*a))
     registry._GENERATION[0] += 1  # drop the resolved tables: the spy must be looked up
-    model = build_model("vit_ti", seed=0, img_size=(64, 64)).eval()
-    x = torch.randn(2, 3, 64, 64)
+    model = build_model("vit_ti", seed=0, img_size=(64, 64)).eval().to(DEV)
+    x = torch.randn(2, 3, 64, 64, device=DEV)
     out = {}
     for precision in ("exact", "fast"):
         lvtp_kernels.patch(model, flops_reduction=0.3, precision=precision)
