@@ -103,7 +103,8 @@ def bucket(shape) -> Tuple[int, int]:
 
 
 def best_entries(recs: Sequence[dict], device_name: str, key_dtype: str = "16bit") -> List[dict]:
-    """The fastest valid config per (head dim, N bucket), over every shape in the bucket
+    """The fastest valid config per (head dim, N bucket), over every shape in the bucket,
+    keyed by ``device_name`` (the GPU family, attention_triton.gpu_family)
     (summed time of the bucket's shapes, so one config serves all of them)."""
     by_bucket: Dict[Tuple[int, int], Dict[tuple, List[float]]] = {}
     shapes_in: Dict[Tuple[int, int], set] = {}
@@ -166,6 +167,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.quick:
         shapes, configs = shapes[:1], configs[:2]
     name = torch.cuda.get_device_name(device) if cuda else "cpu (interpreter)"
+    family = attn.gpu_family(device.index) if cuda else "cpu"  # the table's key: tiles serve the family
     t0 = time.time()
     dtype = torch.float16 if cuda else torch.float32
     print(f"tune_attention on {name}: {len(shapes)} shapes x {len(configs) + 1} configs, {dtype_key(dtype)}")
@@ -175,7 +177,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     for key in dict.fromkeys(bucket(sh) for sh in shapes):
         got = sweep([sh for sh in shapes if bucket(sh) == key], configs, dtype, device, args.repeats)
         recs += got
-        for e in best_entries(got, name, dtype_key(dtype)):
+        for e in best_entries(got, family, dtype_key(dtype)):
+            e["card"] = name  # where it was measured (informational)
             if cuda:  # the entry serves bf16 too: its config must run and agree there as well
                 sh = next(tuple(r["shape"]) for r in got)
                 bf = sweep([sh], [tuple(e["config"])], torch.bfloat16, device, args.repeats, log=lambda *_: None)

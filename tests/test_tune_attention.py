@@ -88,7 +88,7 @@ def test_resolve_config_prefers_forced_then_table_then_heuristic(tmp_path, monke
     path = _table(tmp_path, [e])
     monkeypatch.setattr(attn, "TUNED_PATH", path)
     monkeypatch.setattr(attn, "interpreting", lambda: False)  # as on a GPU (the lookup is for compiled code)
-    monkeypatch.setattr(attn, "_device_name", lambda index: "Fake GPU")
+    monkeypatch.setattr(attn, "gpu_family", lambda index: "Fake GPU")
     cuda = torch.device("cuda", 0)
     heuristic = attn._launch_config(1025, 64, 64, False)
     assert heuristic != (64, 128, 4, 2)
@@ -97,7 +97,7 @@ def test_resolve_config_prefers_forced_then_table_then_heuristic(tmp_path, monke
     assert attn.resolve_config(cuda, torch.float16, 1025, 64, 64, False, config=(32, 32, 4, 1)) == (32, 32, 4, 1)
     assert attn.resolve_config(cuda, torch.float16, 4097, 64, 64, False) == attn._launch_config(4097, 64, 64, False)
     assert attn.resolve_config(torch.device("cpu"), torch.float16, 1025, 64, 64, False) == heuristic
-    monkeypatch.setattr(attn, "_device_name", lambda index: "Other GPU")
+    monkeypatch.setattr(attn, "gpu_family", lambda index: "Other GPU")
     assert attn.resolve_config(cuda, torch.float16, 1025, 64, 64, False) == heuristic
 
 
@@ -151,3 +151,13 @@ def test_gpu_configs_agree():
                       log=lambda *_: None)
     assert not [r for r in recs if "disagrees" in r.get("error", "")]
     assert sum("ms" in r for r in recs) >= len(recs) // 2
+
+
+def test_tiles_are_keyed_by_gpu_family_not_card_name(monkeypatch):
+    """An H100 and an H200 (both compute capability 9.0) share one table entry."""
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index=None: (9, 0))
+    attn.gpu_family.cache_clear()
+    try:
+        assert attn.gpu_family(0) == "sm_90"
+    finally:
+        attn.gpu_family.cache_clear()

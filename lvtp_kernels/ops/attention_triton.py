@@ -387,7 +387,7 @@ def _next_pow2(x: int) -> int:
 
 
 # Tiles measured on a card by benchmarks/tune_attention.py (gpu_check.sh runs it): entries
-# {"device", "dtype", "block_d", "block_dv", "np2", "config": [BLOCK_M, BLOCK_N, warps,
+# {"device" (the GPU family, gpu_family(): "sm_90"), "dtype", "block_d", "block_dv", "np2", "config": [BLOCK_M, BLOCK_N, warps,
 # stages], ...}; np2 is the next power of two of N. A "16bit" entry serves fp16 and bf16.
 # A missing, unreadable or malformed table (or entry) is ignored: the heuristic below runs.
 TUNED_PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "assets",
@@ -436,8 +436,12 @@ def _tuned_entries(path: str) -> Tuple[dict, ...]:
 
 
 @functools.lru_cache(maxsize=None)
-def _device_name(index: Optional[int]) -> str:
-    return torch.cuda.get_device_name(index)
+def gpu_family(index: Optional[int]) -> str:
+    """The tile table's device key: the GPU family as its compute capability, "sm_90" for an
+    H100 and an H200 alike (the same SMs, shared memory and instructions: tiles measured on
+    one serve the other), not the marketing name of one card."""
+    major, minor = torch.cuda.get_device_capability(index)
+    return f"sm_{major}{minor}"
 
 
 def dtype_class(dtype: torch.dtype) -> str:
@@ -450,13 +454,14 @@ def n_bucket(n: int) -> int:
     return max(_DOT_MIN, _next_pow2(n))
 
 
-def tuned_config(device_name: str, dtype: torch.dtype, n: int, block_d: int, block_dv: int,
+def tuned_config(family: str, dtype: torch.dtype, n: int, block_d: int, block_dv: int,
                  path: Optional[str] = None) -> Optional[Tuple[int, int, int, int]]:
-    """The measured tile config for this card, dtype class and shape bucket, or None.
+    """The measured tile config for this GPU family (``gpu_family``), dtype class and shape
+    bucket, or None.
     ``path`` defaults to ``TUNED_PATH`` (read when called)."""
     key, np2 = dtype_class(dtype), n_bucket(n)
     for e in _tuned_entries(path or TUNED_PATH):
-        if (e["device"] == device_name and e["dtype"] == key and e["block_d"] == block_d
+        if (e["device"] == family and e["dtype"] == key and e["block_d"] == block_d
                 and e["block_dv"] == block_dv and e["np2"] == np2):
             bm, bn, warps, stages = check_config(e["config"])
             return min(bm, np2), min(bn, np2), warps, stages
@@ -465,12 +470,12 @@ def tuned_config(device_name: str, dtype: torch.dtype, n: int, block_d: int, blo
 
 def resolve_config(device: torch.device, dtype: torch.dtype, n: int, block_d: int, block_dv: int, ieee: bool,
                    config=None) -> Tuple[int, int, int, int]:
-    """The launch config: a forced one (checked), else this card's measured entry (compiled
-    GPU code only), else the shape heuristic."""
+    """The launch config: a forced one (checked), else the measured entry of this card's
+    family (compiled GPU code only), else the shape heuristic."""
     if config is not None:
         return check_config(config)
     if device.type == "cuda" and not interpreting():
-        tuned = tuned_config(_device_name(device.index), dtype, n, block_d, block_dv)
+        tuned = tuned_config(gpu_family(device.index), dtype, n, block_d, block_dv)
         if tuned is not None:
             return tuned
     return _launch_config(n, block_d, block_dv, ieee)
@@ -479,7 +484,7 @@ def resolve_config(device: torch.device, dtype: torch.dtype, n: int, block_d: in
 def _launch_config(n: int, block_d: int, block_dv: int, ieee: bool) -> Tuple[int, int, int, int]:
     """(BLOCK_M, BLOCK_N, num_warps, num_stages) from the shape: FlashAttention-2 tiles on a
     GPU, big tiles under the interpreter (each program costs ~4 ms there). A config
-    measured on the same card (``tuned_config``) takes precedence on a GPU.
+    measured on the same GPU family (``tuned_config``) takes precedence on a GPU.
 
     GPU tiles were sized offline with ptxas for sm_90 (qs = 0.5, 1, 2, 3, 0.9): no spills
     for fp16/bf16 up to D = 256 (~250 registers/thread at 8 warps, one CTA per SM); the fp32
