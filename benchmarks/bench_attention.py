@@ -74,10 +74,14 @@ def bench_shapes(shapes, dtypes, device, compile_ref: bool):
             ours_ms = time_ms(lambda: attn_mod.attention_entropy(q, k, v, QS, scale), device)
             with registry.forced_impl("triton"):  # the op with its validation, on our backend
                 op_ms = time_ms(lambda: torch.ops.lvtp.attention_entropy(q, k, v, QS, scale), device)
-            sdpa_ms = None
+            sdpa_ms = sdpa_ent_ms = None
             if flash is not None:
                 try:
                     sdpa_ms = time_ms(lambda: flash(q, k, v, scale), device)
+                    # [H] item 3's alternative: SDPA for the output, then an entropy-only
+                    # pass (the same kernel without V: QK^T, softmax statistics, no PV)
+                    sdpa_ent_ms = time_ms(lambda: (flash(q, k, v, scale), attn_mod.attention_entropy(
+                        q, k, v, QS, scale, entropy_only=True)), device)
                 except RuntimeError as exc:
                     print(f"SDPA flash unavailable for {dtype}: {exc}")
             # bytes that must move at least once: q, k, v in, out and ent out
@@ -86,6 +90,8 @@ def bench_shapes(shapes, dtypes, device, compile_ref: bool):
             r["op_ms"] = op_ms
             r["sdpa_ms"] = sdpa_ms
             r["ours/sdpa"] = (ours_ms / sdpa_ms) if sdpa_ms else None
+            r["sdpa+ent_ms"] = sdpa_ent_ms
+            r["ours/(sdpa+ent)"] = (ours_ms / sdpa_ent_ms) if sdpa_ent_ms else None
             r["TFLOP/s"] = 4.0 * b * h * n * n * d / (ours_ms * 1e-3) / 1e12
             rows.append(r)
     return rows

@@ -7,7 +7,9 @@
 #   3. the end-to-end check (benchmarks/e2e_suite.py --preset check: ViT-B/16 512x512 b8 LVTP
 #      fast / exact / ToMe and b1, one eager b8 row, ViT-L/16 1024x1024 b2; 30 and 45 %),
 #      judged PASS/FAIL by benchmarks/gpu_targets.py (static ceiling, overhead %, eager/graph);
-#   4. the selection microbenchmark (benchmarks/bench_select.py: exact / fast, per shape);
+#   4. the selection microbenchmark (benchmarks/bench_select.py: exact / fast, per shape) and
+#      the attention one at ViT-B's shape (bench_attention.py --quick: the fused kernel vs SDPA
+#      flash vs SDPA + the entropy-only pass, [H] item 3's alternative);
 #   5. compute-sanitizer memcheck, racecheck and synccheck on one small case of every CUDA
 #      clustering kernel (benchmarks/sanitize_case.py).
 # Results under $OUT: summary.md (steps, exit codes, times), targets.md (PASS/FAIL),
@@ -29,7 +31,7 @@ PY=${PY:-python3}
 [ -x .venv/bin/python ] && [ $DRY = 1 ] && PY=.venv/bin/python
 BUDGET=${GPU_CHECK_BUDGET:-480}
 [ $DRY = 1 ] && BUDGET=${GPU_CHECK_BUDGET:-1800}  # the CPU has no device clock to save
-STEPS=${GPU_CHECK_STEPS:-"build pytest e2e select sanitize"}
+STEPS=${GPU_CHECK_STEPS:-"build pytest e2e select attention sanitize"}
 SUMMARY="$OUT/summary.md"
 T0=$SECONDS
 status=0
@@ -77,6 +79,7 @@ if [ $DRY = 0 ]; then
     --durations=10 -rfEs --tb=short -o faulthandler_timeout=100
   want e2e && step e2e 200 80 "$PY" $E2E --repeats 20 --max-seconds 1.0
   want select && step select 60 20 "$PY" -m benchmarks.bench_select --quick
+  want attention && step attention 45 15 "$PY" -m benchmarks.bench_attention --quick --no-compile
   SAN="compute-sanitizer --error-exitcode 9 --target-processes all"
   for tool in memcheck racecheck synccheck; do
     want sanitize && step "$tool" 50 20 $SAN --tool $tool "$PY" -m benchmarks.sanitize_case
@@ -87,6 +90,7 @@ else
   step pytest 600 1 "$PY" -m pytest $GPU_TESTS tests/test_cuda_simt_fast.py -q -p no:cacheprovider -x
   step e2e 600 1 "$PY" -m benchmarks.e2e_suite --out "$OUT" --preset quick --device cpu --repeats 3 --reductions 0.3,0.45
   step select 300 1 "$PY" -m benchmarks.bench_select --quick --device cpu
+  step attention 300 1 env TRITON_INTERPRET=1 "$PY" -m benchmarks.bench_attention --quick --no-compile
 fi
 if [ -f "$OUT/e2e.json" ]; then
   # PASS/FAIL against [H]'s targets; the JSON (config.date inside) to commit as docs/results/
@@ -94,6 +98,7 @@ if [ -f "$OUT/e2e.json" ]; then
   cp "$OUT/e2e.json" "$OUT/gpu_e2e_$DATE.json"
 fi
 [ -f "$LOGS/select.log" ] && grep -A20 "^## select" "$LOGS/select.log" >"$OUT/select.md"
+[ -f "$LOGS/attention.log" ] && cp "$LOGS/attention.log" "$OUT/attention.md"
 echo "total: $((SECONDS - T0)) s" >>"$SUMMARY"
 tar -czf "$OUT/logs.tar.gz" -C "$OUT" logs && rm -rf "$LOGS"
 cat "$SUMMARY"

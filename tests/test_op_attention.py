@@ -222,3 +222,19 @@ def test_block_variant_writes_the_block_layout_with_the_same_values():
     out, ent = fn(q, k, v, [0.5, 1.0, 2.0], 0.25)
     assert out.shape == want_out.shape and out.transpose(1, 2).is_contiguous() and want_out.is_contiguous()
     assert torch.equal(out, want_out) and torch.equal(ent, want_ent)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("shape", [(1, 1, 2, 16), (2, 3, 50, 16), (1, 12, 197, 64)])
+def test_entropy_only_pass_gives_the_fused_kernels_entropies(shape, dtype):
+    """[H] item 3's alternative (SDPA for the output + an entropy-only pass): the pass is
+    the fused kernel without V, with the same entropies bit for bit and no output."""
+    from lvtp_kernels.ops._common import interpreting
+
+    if not interpreting():
+        pytest.skip("CPU interpreter test")
+    g = torch.Generator().manual_seed(sum(shape))
+    q, k, v = (torch.randn(*shape, generator=g).to(dtype) for _ in range(3))
+    _, ent = attn_mod.attention_entropy(q, k, v, QS, shape[-1] ** -0.5)
+    none, ent_only = attn_mod.attention_entropy(q, k, v, QS, shape[-1] ** -0.5, entropy_only=True)
+    assert none is None and torch.equal(ent, ent_only)

@@ -117,9 +117,10 @@ def _attn_entropy_block(
     D: tl.constexpr, DV: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
     QS: tl.constexpr, KINDS: tl.constexpr, REPS: tl.constexpr, NQ: tl.constexpr,
     HALF: tl.constexpr, MASK_N: tl.constexpr, UPCAST: tl.constexpr, LOW_P: tl.constexpr,
-    IEEE: tl.constexpr,
+    IEEE: tl.constexpr, PV: tl.constexpr,
 ):
-    """One key/value block of the online softmax + entropy statistics for a query block."""
+    """One key/value block of the online softmax + entropy statistics for a query block
+    (and, with PV, of the output accumulator; without, V is never read)."""
     # ---- S = Q K^T (raw units), masked tail columns -> -inf
     if MASK_N:
         n_ok = (start_n + offs_n) < N
@@ -189,6 +190,8 @@ def _attn_entropy_block(
         st += tl.where(cols[None, :] == j, tl.sum(term, 1)[:, None], 0.0)
 
     # ---- O = O * alpha + P V
+    if not PV:
+        return acc, m_new, l_i, st
     if MASK_N:
         if BLOCK_DV == DV:
             v = tl.load(v_ptrs, mask=n_ok[:, None], other=0.0)
@@ -228,7 +231,7 @@ def _attn_entropy_fwd_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     QS: tl.constexpr, KINDS: tl.constexpr, REPS: tl.constexpr, NQ: tl.constexpr, QP: tl.constexpr,
     HALF: tl.constexpr, UPCAST: tl.constexpr, LOW_P: tl.constexpr, IEEE: tl.constexpr,
-    INTERP: tl.constexpr,
+    INTERP: tl.constexpr, PV: tl.constexpr,
 ):
     """Program (query block, b * H + h): attention output rows and per-head normalised
     entropies ``S_q / S_q_max`` of those rows, streaming K/V in BLOCK_N blocks."""
@@ -292,7 +295,7 @@ def _attn_entropy_fwd_kernel(
             acc, m_i, l_i, st = _attn_entropy_block(
                 acc, m_i, l_i, st, q, k_ptrs, v_ptrs, start_n, N,
                 offs_n, offs_d, offs_dv, cols, qcol, acol, kcol, qk_scale,
-                D, DV, BLOCK_D, BLOCK_DV, QS, KINDS, REPS, NQ, HALF, False, UPCAST, LOW_P, IEEE,
+                D, DV, BLOCK_D, BLOCK_DV, QS, KINDS, REPS, NQ, HALF, False, UPCAST, LOW_P, IEEE, PV,
             )
             k_ptrs += k_step
             v_ptrs += v_step
@@ -302,7 +305,7 @@ def _attn_entropy_fwd_kernel(
             acc, m_i, l_i, st = _attn_entropy_block(
                 acc, m_i, l_i, st, q, k_ptrs, v_ptrs, start_n, N,
                 offs_n, offs_d, offs_dv, cols, qcol, acol, kcol, qk_scale,
-                D, DV, BLOCK_D, BLOCK_DV, QS, KINDS, REPS, NQ, HALF, False, UPCAST, LOW_P, IEEE,
+                D, DV, BLOCK_D, BLOCK_DV, QS, KINDS, REPS, NQ, HALF, False, UPCAST, LOW_P, IEEE, PV,
             )
             k_ptrs += k_step
             v_ptrs += v_step
@@ -310,17 +313,18 @@ def _attn_entropy_fwd_kernel(
         acc, m_i, l_i, st = _attn_entropy_block(
             acc, m_i, l_i, st, q, k_ptrs, v_ptrs, n_full, N,
             offs_n, offs_d, offs_dv, cols, qcol, acol, kcol, qk_scale,
-            D, DV, BLOCK_D, BLOCK_DV, QS, KINDS, REPS, NQ, HALF, True, UPCAST, LOW_P, IEEE,
+            D, DV, BLOCK_D, BLOCK_DV, QS, KINDS, REPS, NQ, HALF, True, UPCAST, LOW_P, IEEE, PV,
         )
 
     # ---- attention output
     inv_l = 1.0 / l_i
-    out = acc * inv_l[:, None]
-    o_ptrs = Out + offs_m64[:, None] * stride_on + offs_dv[None, :] * stride_od
-    if BLOCK_DV == DV:
-        tl.store(o_ptrs, out.to(Out.dtype.element_ty), mask=m_ok[:, None])
-    else:
-        tl.store(o_ptrs, out.to(Out.dtype.element_ty), mask=m_ok[:, None] & (offs_dv[None, :] < DV))
+    if PV:
+        out = acc * inv_l[:, None]
+        o_ptrs = Out + offs_m64[:, None] * stride_on + offs_dv[None, :] * stride_od
+        if BLOCK_DV == DV:
+            tl.store(o_ptrs, out.to(Out.dtype.element_ty), mask=m_ok[:, None])
+        else:
+            tl.store(o_ptrs, out.to(Out.dtype.element_ty), mask=m_ok[:, None] & (offs_dv[None, :] < DV))
 
     # ---- normalised entropies of this head
     log2l = tl.log2(l_i)[:, None]
@@ -506,7 +510,8 @@ def _launch_config(n: int, block_d: int, block_dv: int, ieee: bool) -> Tuple[int
 
 
 def attention_entropy(q: Tensor, k: Tensor, v: Tensor, qs: Sequence[float], scale: float,
-                      config: Optional[Tuple[int, int, int, int]] = None, bnhd: bool = False) -> Tuple[Tensor, Tensor]:
+                      config: Optional[Tuple[int, int, int, int]] = None, bnhd: bool = False,
+                      entropy_only: bool = False) -> Tuple[Optional[Tensor], Tensor]:
     """Softmax attention and its per-token head-mean normalised Tsallis entropies, fused.
 
     Args:
@@ -520,6 +525,9 @@ def attention_entropy(q: Tensor, k: Tensor, v: Tensor, qs: Sequence[float], scal
             ``bnhd=True`` stored as (B, N, H, Dv) (out.transpose(1, 2) contiguous), the
             layout the patched blocks need (ops.attention.for_block);
         ent (B, N, len(qs)) fp32: the head mean of ``S_q / S_q_max`` (spec step 1).
+        With ``entropy_only=True`` out is None and V is never read: the entropy pass of the
+        "SDPA + entropy-only" alternative ([H] item 3; benchmarks/bench_attention.py times
+        it beside the fused kernel), with the same ``ent`` bit for bit.
 
     The op registry has validated the arguments. Raises ``RuntimeError`` when the Triton
     kernel cannot run these tensors (CPU tensors without ``TRITON_INTERPRET=1``, or a
@@ -544,7 +552,9 @@ def attention_entropy(q: Tensor, k: Tensor, v: Tensor, qs: Sequence[float], scal
     nq = len(qs_t)
     inv_den = _inv_denominators(qs_t, N)
 
-    if bnhd:  # the block's layout: out.transpose(1, 2).reshape(B, N, H * Dv) is then a view
+    if entropy_only:  # a 1-element placeholder the kernel never writes (PV=False)
+        out = torch.empty((1, 1, 1, 1), dtype=q.dtype, device=q.device).expand(B, H, N, DV)
+    elif bnhd:  # the block's layout: out.transpose(1, 2).reshape(B, N, H * Dv) is then a view
         out = torch.empty((B, N, H, DV), dtype=q.dtype, device=q.device).transpose(1, 2)
     else:
         out = torch.empty((B, H, N, DV), dtype=q.dtype, device=q.device)
@@ -570,7 +580,7 @@ def attention_entropy(q: Tensor, k: Tensor, v: Tensor, qs: Sequence[float], scal
             *q.stride(), *k.stride(), *v.stride(), *out.stride(), *s_strides,
             D=D, DV=DV, BLOCK_D=block_d, BLOCK_DV=block_dv, BLOCK_M=bm, BLOCK_N=bn,
             QS=qs_t, KINDS=kinds, REPS=reps, NQ=nq, QP=max(2, _next_pow2(nq)),
-            HALF=half, UPCAST=upcast, LOW_P=low, IEEE=ieee, INTERP=interpreting(),
+            HALF=half, UPCAST=upcast, LOW_P=low, IEEE=ieee, INTERP=interpreting(), PV=not entropy_only,
             num_warps=warps, num_stages=stages,
         )
         if H > 1:
@@ -581,6 +591,6 @@ def attention_entropy(q: Tensor, k: Tensor, v: Tensor, qs: Sequence[float], scal
                 scratch, ent, length, num_l, scratch.stride(0), scratch.stride(1), ent.stride(0),
                 H=H, BLOCK=block, num_warps=4,
             )
-    return out, ent
+    return (None if entropy_only else out), ent
 
 
