@@ -155,3 +155,32 @@ def test_alpha_one_skips_the_edge_term_and_its_cost(monkeypatch):
     with torch.no_grad():
         model(x)
     assert calls == [1]
+
+
+def test_spatial_option_makes_clusters_spatially_coherent_and_defaults_off():
+    """patch(spatial=w) clusters [x / |x|, w * position]: w = 0 is the default forward bit
+    for bit; a large w gives clusters that are compact on the patch grid."""
+    import lvtp_kernels
+    from lvtp_kernels.models import build_model
+    from lvtp_kernels.models.engine import token_positions
+
+    model = build_model("vit_ti", seed=0, img_size=(64, 96)).eval()
+    x = torch.randn(2, 3, 64, 96)
+    with torch.inference_mode():
+        lvtp_kernels.patch(model, flops_reduction=0.3)
+        base = model(x)
+        lvtp_kernels.patch(model, flops_reduction=0.3, spatial=0.0)
+        assert torch.equal(model(x), base)
+    spread = {}
+    for w in (0.0, 10.0):
+        lvtp_kernels.patch(model, flops_reduction=0.3, spatial=w, keep_records=True)
+        with torch.inference_mode():
+            model(x)
+        rec = lvtp_kernels.last_records(model)[0]
+        pos = token_positions(x, 16, 1, rec.x_at_stage)[0]
+        cid = rec.cluster_id[0].long()
+        var = [pos[cid == c].var(0).sum().item() for c in range(int(cid.max()) + 1) if (cid == c).sum() > 1]
+        spread[w] = sum(var) / len(var)
+    assert spread[10.0] < 0.5 * spread[0.0], spread
+    with pytest.raises(ValueError, match="spatial"):
+        lvtp_kernels.patch(model, flops_reduction=0.3, spatial=float("nan"))

@@ -112,6 +112,7 @@ LVTP_OPTIONS: Dict[str, Callable[[str], object]] = {
     "weights": _choice("dynamic", "equal"),
     "allocation": _choice("ranked", "proportional"),
     "precision": _choice("exact", "fast"),
+    "spatial": float,
 }
 
 

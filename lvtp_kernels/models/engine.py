@@ -41,7 +41,7 @@ from python_ref.pipeline import RECONSTRUCT_MODES, StageRecord
 # The spec's defaults for every option of the method (spec steps 1-7).
 SPEC_DEFAULTS: Dict[str, object] = dict(
     qs=DEFAULT_QS, alpha=0.5, entropy_mode="low", clusters=8, iters=10, use_edge=True, reconstruct="residual",
-    weights="dynamic", allocation="ranked", precision="exact",
+    weights="dynamic", allocation="ranked", precision="exact", spatial=0.0,
 )
 # The package's defaults: the spec's, except where the CamVid val ablation
 # (docs/results.md) measured a better choice; every spec choice stays selectable.
@@ -67,6 +67,7 @@ class LVTPState:
     weights: str = "dynamic"  # "dynamic" (spec step 2) or "equal" (mean of the orders, an ablation)
     allocation: str = "ranked"  # "ranked" (spec step 5.3) or "proportional" (per-cluster budget shares)
     precision: str = "exact"  # the selection's: "exact" (float64) or "fast" (float32, python_ref/fast.py)
+    spatial: float = 0.0  # [I] ablation: weight of the patch position beside the unit-norm features in k-means
     keep_records: bool = False  # keep the last forward's stage records (see last_records)
     graphs: Optional["GraphCache"] = None  # patch(..., cuda_graph=True): the captured forwards
     last_records: List[StageRecord] = field(default_factory=list)
@@ -126,22 +127,42 @@ def stage_edge(st: LVTPState, image: Optional[Tensor], patch_size: int, num_pref
 
 def prune_step(
     st: LVTPState, layer: int, x: Tensor, ent: Tensor, edge: Optional[Tensor], num_prefix: int,
-    records: List[StageRecord],
-) -> Tuple[Tensor, Optional[Tensor]]:
+    records: List[StageRecord], pos: Optional[Tensor] = None,
+) -> Tuple[Tensor, Optional[Tensor], Optional[Tensor]]:
     """Spec steps 2-6 at stage ``layer``: select on (x, ent, edge), keep the kept tokens,
-    record the stage for the reconstruction. Returns the kept tokens and their edge."""
+    record the stage for the reconstruction. Returns the kept tokens, their edge and their
+    positions. ``pos`` (B, N, 2), when given with ``st.spatial > 0``: the clustering sees
+    ``[x / |x|, spatial * pos]`` (an ablation of [I]: spatially coherent clusters, so the
+    proportional allocation spreads the budget over the image)."""
     if st.weights == "equal":  # one averaged order, whose dynamic weight is 1 (an ablation)
         ent = ent.mean(dim=-1, keepdim=True)
     r = st.stages[layer]
     ops = lvtp_ops(x)
+    feats = x
+    if pos is not None and st.spatial > 0:
+        unit = x / x.float().norm(dim=-1, keepdim=True).clamp_min(1e-12).to(x.dtype)
+        feats = torch.cat([unit, (st.spatial * pos).to(x.dtype)], dim=-1)
     keep_idx, prune_idx, cluster_id = ops.select(
-        x, ent, edge, r, num_prefix, st.alpha, st.entropy_mode, st.clusters, st.iters, st.allocation, st.precision
+        feats, ent, edge, r, num_prefix, st.alpha, st.entropy_mode, st.clusters, st.iters, st.allocation, st.precision
     )
     kept = ops.gather_tokens(x, keep_idx)
     records.append(StageRecord(layer, x, keep_idx, prune_idx, cluster_id))
     if edge is not None:
         edge = ops.gather_tokens(edge[..., None], keep_idx)[..., 0]
-    return kept, edge
+    if pos is not None:
+        pos = ops.gather_tokens(pos, keep_idx)
+    return kept, edge, pos
+
+
+def token_positions(image: Tensor, patch_size: int, num_prefix: int, like: Tensor) -> Tensor:
+    """(B, P + h*w, 2) patch centres in [-0.5, 0.5] (row, column; 0 for the P prefix tokens),
+    in ``like``'s dtype and device."""
+    h, w = image.shape[-2] // patch_size, image.shape[-1] // patch_size
+    rows = (torch.arange(h, device=like.device, dtype=torch.float32) + 0.5) / h - 0.5
+    cols = (torch.arange(w, device=like.device, dtype=torch.float32) + 0.5) / w - 0.5
+    grid = torch.stack(torch.meshgrid(rows, cols, indexing="ij"), dim=-1).reshape(h * w, 2)
+    grid = torch.cat([grid.new_zeros(num_prefix, 2), grid], dim=0)
+    return grid.to(like.dtype).expand(like.shape[0], -1, -1).contiguous()
 
 
 def finish(st: LVTPState, x: Tensor, records: List[StageRecord]) -> Tensor:
@@ -270,13 +291,17 @@ def pruned_blocks(
     for each ``i`` in ``take`` (the module docstring's rule: the reconstruction of the
     stages up to ``i``). Call inside ``torch.no_grad()`` and ``trusted_inputs()``."""
     edge = edge_for(st, image, patch_size, x, num_prefix)
+    pos = None
+    if st.spatial > 0 and image is not None and patch_size is not None and image.dim() == 4 and \
+            image.shape[-2] // patch_size * (image.shape[-1] // patch_size) + num_prefix == x.shape[1]:
+        pos = token_positions(image, patch_size, num_prefix, x)
     records: List[StageRecord] = []
     inter: Dict[int, Tensor] = {}
     last = len(blocks) - 1
     for i, blk in enumerate(blocks):
         if i in st.stages:
             x, ent = block_entropy(blk, x, st.qs)
-            x, edge = prune_step(st, i, x, ent, edge, num_prefix, records)
+            x, edge, pos = prune_step(st, i, x, ent, edge, num_prefix, records, pos)
         else:
             x = run_block(blk, x)
         if i in take and i != last:

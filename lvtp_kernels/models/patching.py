@@ -133,6 +133,7 @@ def patch(
     weights: str = DEFAULTS["weights"],
     allocation: str = DEFAULTS["allocation"],
     precision: str = DEFAULTS["precision"],
+    spatial: float = DEFAULTS["spatial"],
     cuda_graph: bool = False,
     layers: Optional[Sequence[int]] = None,
     img_size: Optional[Tuple[int, int]] = None,
@@ -146,6 +147,8 @@ def patch(
     ``keep_records=True`` keeps the last forward's stage records (``last_records``).
     ``precision``: the selection's arithmetic, "fast" (default: float32, no host sync,
     python_ref/fast.py) or "exact" (float64, the ``lvtp.select`` op's contract).
+    ``spatial`` (default 0: off): weight of each patch's position beside its unit-norm
+    features in the k-means (an ablation of [I], docs/results.md).
     ``cuda_graph=True``: calls on CUDA tensors without gradients replay a CUDA graph of the
     whole forward, captured per input signature on first use (``engine.GraphCache``: the
     outputs are the graph's buffers, overwritten by the next call of that signature).
@@ -169,6 +172,8 @@ def patch(
         raise ValueError(f"patch: allocation must be 'ranked' or 'proportional', got {allocation!r}")
     if precision not in ("exact", "fast"):
         raise ValueError(f"patch: precision must be 'exact' or 'fast', got {precision!r}")
+    if not isinstance(spatial, (int, float)) or isinstance(spatial, bool) or not (0.0 <= float(spatial) < float("inf")):
+        raise ValueError(f"patch: spatial must be a finite number >= 0, got {spatial!r}")
     if flops_reduction is not None:
         shape = family.vit_shape(
             model, img_size, num_orders=len(qs), clusters=clusters, iters=iters, use_edge=use_edge and alpha < 1.0,
@@ -192,6 +197,7 @@ def patch(
         weights=weights,
         allocation=allocation,
         precision=precision,
+        spatial=float(spatial),
         graphs=GraphCache() if cuda_graph else None,
         keep_records=bool(keep_records),
     )
