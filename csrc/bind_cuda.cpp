@@ -78,26 +78,35 @@ std::tuple<Tensor, Tensor> kmeans_cuda(const Tensor& x_in, const Tensor& init, i
   return {c, assign};
 }
 
+// The argument checks both CUDA selections share; returns the allocation code.
+int check_select_args(const Tensor& tokens, const Tensor& ent, const std::optional<Tensor>& edge, double keep_ratio,
+                      int64_t num_protected, const std::string& entropy_mode, int64_t clusters, int64_t iters,
+                      const std::string& allocation_name) {
+  const int allocation = allocation_from_name(allocation_name);
+  TORCH_CHECK(allocation >= 0, lvtp::fmt("lvtp.select: allocation must be 'ranked' or 'proportional', got '",
+              allocation_name, "'"));
+  TORCH_CHECK(tokens.dim() == 3, "lvtp.select: tokens must be (B, N, C)");
+  TORCH_CHECK(ent.dim() == 3 && ent.size(0) == tokens.size(0) && ent.size(1) == tokens.size(1),
+              "lvtp.select: ent must be (B, N, Q) like tokens");
+  TORCH_CHECK(ent.size(2) >= 1 && ent.size(2) <= 64, "lvtp.select (CUDA): 1 <= Q <= 64 orders");
+  TORCH_CHECK(tokens.is_cuda() && ent.device() == tokens.device(), "lvtp.select: one CUDA device");
+  if (edge.has_value())
+    TORCH_CHECK(edge->dim() == 2 && edge->size(0) == tokens.size(0) && edge->size(1) == tokens.size(1) &&
+                    edge->device() == tokens.device(),
+                "lvtp.select: edge must be (B, N) on the tokens' device");
+  TORCH_CHECK(keep_ratio > 0.0 && keep_ratio <= 1.0, "lvtp.select: keep_ratio must be in (0, 1]");
+  TORCH_CHECK(num_protected >= 0 && num_protected < tokens.size(1), "lvtp.select: num_protected in [0, N-1]");
+  TORCH_CHECK(entropy_mode == "low" || entropy_mode == "high", "lvtp.select: entropy_mode 'low' or 'high'");
+  TORCH_CHECK(clusters >= 1 && iters >= 1, "lvtp.select: clusters and iters must be >= 1");
+  return allocation;
+}
+
 std::tuple<Tensor, Tensor, Tensor> select_cuda(const Tensor& tokens_in, const Tensor& ent_in,
                                                 const std::optional<Tensor>& edge_in, double keep_ratio,
                                                 int64_t num_protected, double alpha, const std::string& entropy_mode,
                                                 int64_t clusters, int64_t iters, const std::string& allocation_name) {
-  const int allocation = allocation_from_name(allocation_name);
-  TORCH_CHECK(allocation >= 0, lvtp::fmt("lvtp.select: allocation must be 'ranked' or 'proportional', got '",
-              allocation_name, "'"));
-  TORCH_CHECK(tokens_in.dim() == 3, "lvtp.select: tokens must be (B, N, C)");
-  TORCH_CHECK(ent_in.dim() == 3 && ent_in.size(0) == tokens_in.size(0) && ent_in.size(1) == tokens_in.size(1),
-              "lvtp.select: ent must be (B, N, Q) like tokens");
-  TORCH_CHECK(ent_in.size(2) >= 1 && ent_in.size(2) <= 64, "lvtp.select (CUDA): 1 <= Q <= 64 orders");
-  TORCH_CHECK(tokens_in.is_cuda() && ent_in.device() == tokens_in.device(), "lvtp.select: one CUDA device");
-  if (edge_in.has_value())
-    TORCH_CHECK(edge_in->dim() == 2 && edge_in->size(0) == tokens_in.size(0) &&
-                    edge_in->size(1) == tokens_in.size(1) && edge_in->device() == tokens_in.device(),
-                "lvtp.select: edge must be (B, N) on the tokens' device");
-  TORCH_CHECK(keep_ratio > 0.0 && keep_ratio <= 1.0, "lvtp.select: keep_ratio must be in (0, 1]");
-  TORCH_CHECK(num_protected >= 0 && num_protected < tokens_in.size(1), "lvtp.select: num_protected in [0, N-1]");
-  TORCH_CHECK(entropy_mode == "low" || entropy_mode == "high", "lvtp.select: entropy_mode 'low' or 'high'");
-  TORCH_CHECK(clusters >= 1 && iters >= 1, "lvtp.select: clusters and iters must be >= 1");
+  const int allocation = check_select_args(tokens_in, ent_in, edge_in, keep_ratio, num_protected, entropy_mode,
+                                           clusters, iters, allocation_name);
   const c10::cuda::CUDAGuard guard(tokens_in.device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(tokens_in.device().index()).stream();
 
@@ -169,22 +178,8 @@ std::vector<Tensor> select_fast_cuda(const Tensor& tokens, const Tensor& ent_in,
                                      double keep_ratio, int64_t num_protected, double alpha,
                                      const std::string& entropy_mode, int64_t clusters, int64_t iters,
                                      const std::string& allocation_name, bool trace) {
-  const int allocation = allocation_from_name(allocation_name);
-  TORCH_CHECK(allocation >= 0, lvtp::fmt("lvtp.select: allocation must be 'ranked' or 'proportional', got '",
-              allocation_name, "'"));
-  TORCH_CHECK(tokens.dim() == 3, "lvtp.select: tokens must be (B, N, C)");
-  TORCH_CHECK(ent_in.dim() == 3 && ent_in.size(0) == tokens.size(0) && ent_in.size(1) == tokens.size(1),
-              "lvtp.select: ent must be (B, N, Q) like tokens");
-  TORCH_CHECK(ent_in.size(2) >= 1 && ent_in.size(2) <= 64, "lvtp.select (CUDA): 1 <= Q <= 64 orders");
-  TORCH_CHECK(tokens.is_cuda() && ent_in.device() == tokens.device(), "lvtp.select: one CUDA device");
-  if (edge_in.has_value())
-    TORCH_CHECK(edge_in->dim() == 2 && edge_in->size(0) == tokens.size(0) && edge_in->size(1) == tokens.size(1) &&
-                    edge_in->device() == tokens.device(),
-                "lvtp.select: edge must be (B, N) on the tokens' device");
-  TORCH_CHECK(keep_ratio > 0.0 && keep_ratio <= 1.0, "lvtp.select: keep_ratio must be in (0, 1]");
-  TORCH_CHECK(num_protected >= 0 && num_protected < tokens.size(1), "lvtp.select: num_protected in [0, N-1]");
-  TORCH_CHECK(entropy_mode == "low" || entropy_mode == "high", "lvtp.select: entropy_mode 'low' or 'high'");
-  TORCH_CHECK(clusters >= 1 && iters >= 1, "lvtp.select: clusters and iters must be >= 1");
+  const int allocation = check_select_args(tokens, ent_in, edge_in, keep_ratio, num_protected, entropy_mode,
+                                           clusters, iters, allocation_name);
   int kind = -1;
   switch (tokens.scalar_type()) {
     case at::kFloat: kind = cuda::kTokF32; break;

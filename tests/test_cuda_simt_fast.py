@@ -19,7 +19,8 @@ from python_ref import rules
 from python_ref.fast import select_fast
 
 from certify import certify, jaccard
-from test_cuda_simt import GUARD, INVALID_VALUE, SCHEDULES, Guarded, _check, _ptr
+from test_cuda_simt import GUARD, INVALID_VALUE, SCHEDULES, Guarded, _check, _ptr, lib  # noqa: F401 (fixture)
+from test_op_select_fast import _inputs as _select_inputs
 
 pytestmark = pytest.mark.skipif(
     platform.machine() != "x86_64" or platform.system() != "Linux" or shutil.which("g++") is None,
@@ -29,16 +30,6 @@ pytestmark = pytest.mark.skipif(
 I64, F64 = ctypes.c_int64, ctypes.c_double
 KIND = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2, torch.float64: 3}
 ALLOC = {"ranked": 0, "proportional": 1}
-
-
-@pytest.fixture(scope="module")
-def lib():
-    from simt import build
-
-    lib = build.load()
-    yield lib
-    lib.simt_set_smem_optin(227 * 1024)
-    lib.simt_set_schedule(0, 1)
 
 
 def run_fast(lib, tokens, ent, edge, keep_ratio, p, alpha, mode, clusters, iters, allocation, trace=True,
@@ -84,17 +75,11 @@ def run_fast(lib, tokens, ent, edge, keep_ratio, p, alpha, mode, clusters, iters
 
 
 def _inputs(b, n, c, seed, dtype=torch.float32, ties=None, q=4):
+    """test_op_select_fast's inputs; q != 4 orders (the Q limit's case) from the same generator."""
+    if q == 4:
+        return _select_inputs(b, n, c, seed, dtype, ties)
     g = torch.Generator().manual_seed(seed)
-    tokens = torch.randn(b, n, c, generator=g)
-    ent = torch.rand(b, n, q, generator=g)
-    edge = torch.rand(b, n, generator=g)
-    if ties == "rows":  # duplicate tokens: equidistant rows, equal u
-        src = slice(0, -1, 2) if n % 2 else slice(0, None, 2)
-        tokens[:, 1::2], ent[:, 1::2], edge[:, 1::2] = tokens[:, src], ent[:, src], edge[:, src]
-    elif ties == "u":  # constant importance: every rank tied
-        ent[:] = 0.5
-        edge[:] = 0.25
-    return tokens.to(dtype), ent, edge
+    return torch.randn(b, n, c, generator=g).to(dtype), torch.rand(b, n, q, generator=g), torch.rand(b, n, generator=g)
 
 
 CASES = [
